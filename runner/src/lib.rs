@@ -1,0 +1,1 @@
+//! ferry: carry a live CI session across an OS upgrade and a kexec reboot.

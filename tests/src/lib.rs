@@ -1,0 +1,1 @@
+//! The QEMU guest harness used by ferry's end-to-end tests.

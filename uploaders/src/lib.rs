@@ -1,0 +1,1 @@
+//! Bundles and the backends that carry them off the machine.
