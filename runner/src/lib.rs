@@ -1,1 +1,19 @@
 //! ferry: carry a live CI session across an OS upgrade and a kexec reboot.
+//!
+//! Before the reboot: [`trip`] (the foreground and its detached worker).
+//! After it: [`resume`]. Each step is a phase in [`phases`], recorded in the
+//! run [`state`] and traced through [`telemetry`]; external commands go
+//! through [`exec`].
+
+pub mod config;
+pub mod exec;
+pub mod finishing;
+pub mod host;
+pub mod phases;
+pub mod procfs;
+pub mod resume;
+pub mod session;
+pub mod state;
+pub mod telemetry;
+pub mod trip;
+pub mod units;

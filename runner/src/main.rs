@@ -1,1 +1,216 @@
-fn main() {}
+//! The `ferry` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use ferry::config::{self, Config};
+use ferry::state::{Outcome, RunDir};
+use ferry::{resume, telemetry, trip};
+
+#[derive(Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Carry a live CI session across an OS upgrade and a kexec reboot"
+)]
+struct Cli {
+    /// Config file (default /etc/ferry/ferry.toml when present).
+    #[arg(long, global = true, env = "FERRY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upgrade, checkpoint this session, reboot into the new kernel and
+    /// come back: returns 0 on the new kernel, non-zero on the old one.
+    Upgrade(UpgradeArgs),
+    /// Restore a checkpointed session after the reboot (run by ferry-resume.service).
+    Resume {
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    #[command(name = "__worker", hide = true)]
+    Worker {
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
+    #[command(name = "__finish", hide = true)]
+    Finish {
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate and print the effective configuration, secrets masked.
+    Check,
+}
+
+#[derive(clap::Args)]
+struct UpgradeArgs {
+    /// Checkpoint the process tree rooted here instead of this ssh session.
+    #[arg(long)]
+    pid: Option<i32>,
+    /// Switch the apt sources to this release (codename) first.
+    #[arg(long, value_name = "CODENAME")]
+    release: Option<String>,
+    /// Skip the package upgrade.
+    #[arg(long)]
+    no_upgrade: bool,
+    /// The upgrade command, run with `sh -c`.
+    #[arg(long, value_name = "COMMAND")]
+    upgrade_command: Option<String>,
+    /// Boot this kernel image instead of the newest in /boot.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// The initrd for --kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Boot the running kernel again when nothing newer is installed.
+    #[arg(long)]
+    allow_same_kernel: bool,
+    /// Where runs live.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(Config::load(path, &|k| std::env::var(k).ok())?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let telemetry = telemetry::init();
+    match run(cli, &telemetry) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Upgrade(args) => {
+            let mut config = load_config(cli.config.as_deref())?;
+            if let Some(r) = args.release {
+                config.upgrade.release = r;
+            }
+            if args.no_upgrade {
+                config.upgrade.enabled = false;
+            }
+            if let Some(c) = args.upgrade_command {
+                config.upgrade.command = c;
+            }
+            if let Some(k) = args.kernel {
+                config.kernel.path = Some(k);
+            }
+            if let Some(i) = args.initrd {
+                config.kernel.initrd = Some(i);
+            }
+            if args.allow_same_kernel {
+                config.kernel.allow_same = true;
+            }
+            if let Some(d) = args.state_dir {
+                config.state_dir = d;
+            }
+            let opts = trip::UpgradeOptions { pid: args.pid };
+            match trip::upgrade(&config, &opts, telemetry) {
+                Ok(outcome) => Ok(report(&outcome)),
+                Err(trip::TripError::Preflight(msg)) => {
+                    eprintln!("ferry: preflight failed, nothing was touched:");
+                    for problem in msg.split("; ") {
+                        eprintln!("  - {problem}");
+                    }
+                    Ok(ExitCode::from(2))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Resume { run_dir } => {
+            let code = resume::resume(&RunDir::new(run_dir), telemetry)?;
+            Ok(ExitCode::from(code as u8))
+        }
+        Command::Worker { run_dir } => {
+            trip::worker(&RunDir::new(run_dir), telemetry)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Finish { run_dir } => {
+            let code = resume::finish(&RunDir::new(run_dir), telemetry)?;
+            Ok(ExitCode::from(code as u8))
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let config = load_config(cli.config.as_deref())?;
+            print!("{}", config.to_toml());
+            println!("\n# secrets (from the environment only)");
+            for var in config::SECRET_VARS {
+                let shown = match std::env::var(var) {
+                    Ok(v) if !v.is_empty() => "set (masked)",
+                    _ => "not set",
+                };
+                println!("# {var}: {shown}");
+            }
+            std::io::Write::flush(&mut std::io::stdout()).context("cannot write to stdout")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The lines a CI log keeps: what happened, where the evidence is.
+fn report(outcome: &Outcome) -> ExitCode {
+    match outcome.result.as_str() {
+        "succeeded" => {
+            eprintln!(
+                "ferry: trip done: {} -> {}",
+                outcome.kernel_before,
+                outcome.kernel_after.as_deref().unwrap_or("?")
+            );
+            if let Some(ms) = outcome.downtime_ms {
+                eprintln!("ferry: session downtime {:.1} s", ms as f64 / 1000.0);
+            }
+        }
+        other => {
+            eprintln!(
+                "ferry: trip {}{}: {}",
+                other.replace('_', " "),
+                outcome
+                    .phase
+                    .as_deref()
+                    .map(|p| format!(" in {p}"))
+                    .unwrap_or_default(),
+                outcome.reason.as_deref().unwrap_or("no reason recorded")
+            );
+            if other == "called_off" {
+                eprintln!(
+                    "ferry: the session is still on kernel {}",
+                    outcome.kernel_before
+                );
+            }
+        }
+    }
+    if let Some(b) = &outcome.bundle {
+        eprintln!("ferry: bundle: {b}");
+    }
+    if let (Some(file), Some(id)) = (&outcome.trace_file, &outcome.trace_id) {
+        eprintln!("ferry: trace {id}: {file}");
+    }
+    if outcome.result == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,391 @@
+//! The plan: `ferry.toml`, then `FERRY_*` environment variables, then flags.
+//!
+//! Every key has one environment variable (listed in [`ENV_KEYS`]); secrets
+//! never live in the file or in argv, only in the environment.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ferry/ferry.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read config {path}: {source} (fix the path given with --config or FERRY_CONFIG, or create the file)"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path} is not valid: {message} (see docs/configuration.md for the keys)")]
+    Invalid { path: String, message: String },
+    #[error("environment variable {var}={value:?} is not valid for {key}: {message}")]
+    Env {
+        var: String,
+        key: String,
+        value: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where runs live: `<state_dir>/runs/<run-id>/`.
+    pub state_dir: PathBuf,
+    pub upgrade: UpgradeConfig,
+    pub kernel: KernelConfig,
+    pub criu: CriuConfig,
+    pub ship: ShipConfig,
+    pub testing: TestingConfig,
+}
+
+/// Switches that break a trip on purpose, for ferry's own tests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestingConfig {
+    /// Dump without the `--external` entries `locate` found, so a session
+    /// holding logind's FIFO fails to dump (lab trap F1).
+    pub skip_externals: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpgradeConfig {
+    pub enabled: bool,
+    /// Run through `sh -c`; empty means the default apt upgrade.
+    pub command: String,
+    /// Switch the apt sources to this release before upgrading.
+    pub release: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KernelConfig {
+    /// A kernel image to boot instead of the newest in /boot.
+    pub path: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// Boot the running kernel again when nothing newer is installed (tests).
+    pub allow_same: bool,
+    /// Kernel command line; empty reuses the running one.
+    pub cmdline: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CriuConfig {
+    pub path: PathBuf,
+    /// Free space the images need, in MiB, beyond the session's memory.
+    pub min_free_mib: u64,
+    /// Seconds `criu restore` may take before the restore counts as failed.
+    pub restore_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShipConfig {
+    /// The `dir` backend's directory.
+    pub dir: PathBuf,
+    /// Largest size of one file in a bundle; bigger logs keep head and tail.
+    pub max_file_mib: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            state_dir: PathBuf::from("/var/lib/ferry"),
+            upgrade: UpgradeConfig::default(),
+            kernel: KernelConfig::default(),
+            criu: CriuConfig::default(),
+            ship: ShipConfig::default(),
+            testing: TestingConfig::default(),
+        }
+    }
+}
+
+impl Default for UpgradeConfig {
+    fn default() -> Self {
+        UpgradeConfig {
+            enabled: true,
+            command: String::new(),
+            release: String::new(),
+        }
+    }
+}
+
+impl Default for CriuConfig {
+    fn default() -> Self {
+        CriuConfig {
+            path: PathBuf::from("criu"),
+            min_free_mib: 256,
+            restore_timeout_secs: 300,
+        }
+    }
+}
+
+impl Default for ShipConfig {
+    fn default() -> Self {
+        ShipConfig {
+            dir: PathBuf::from("/var/lib/ferry/bundles"),
+            max_file_mib: 64,
+        }
+    }
+}
+
+/// Every config key and the environment variable that overrides it.
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("state_dir", "FERRY_STATE_DIR"),
+    ("upgrade.enabled", "FERRY_UPGRADE_ENABLED"),
+    ("upgrade.command", "FERRY_UPGRADE_COMMAND"),
+    ("upgrade.release", "FERRY_UPGRADE_RELEASE"),
+    ("kernel.path", "FERRY_KERNEL_PATH"),
+    ("kernel.initrd", "FERRY_KERNEL_INITRD"),
+    ("kernel.allow_same", "FERRY_KERNEL_ALLOW_SAME"),
+    ("kernel.cmdline", "FERRY_KERNEL_CMDLINE"),
+    ("criu.path", "FERRY_CRIU_PATH"),
+    ("criu.min_free_mib", "FERRY_CRIU_MIN_FREE_MIB"),
+    (
+        "criu.restore_timeout_secs",
+        "FERRY_CRIU_RESTORE_TIMEOUT_SECS",
+    ),
+    ("ship.dir", "FERRY_SHIP_DIR"),
+    ("ship.max_file_mib", "FERRY_SHIP_MAX_FILE_MIB"),
+    ("testing.skip_externals", "FERRY_TESTING_SKIP_EXTERNALS"),
+];
+
+/// Environment variables whose values are secrets: masked in every output
+/// and redacted from bundles.
+pub const SECRET_VARS: &[&str] = &[
+    "DROPBOX_TOKEN",
+    "DROPBOX_REFRESH_TOKEN",
+    "DROPBOX_APP_SECRET",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "ACTIONS_RUNTIME_TOKEN",
+    "GITHUB_TOKEN",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+];
+
+/// The values of the secret variables that are set, for redaction.
+pub fn secret_values(env: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    SECRET_VARS
+        .iter()
+        .filter_map(|var| env(var))
+        .filter(|v| !v.is_empty())
+        .collect()
+}
+
+impl Config {
+    /// Load the file (when `path` is given it must exist; the default path
+    /// may be absent), then apply the environment.
+    pub fn load(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let (text, origin) = match path {
+            Some(p) => (
+                Some(
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                        path: p.to_path_buf(),
+                        source,
+                    })?,
+                ),
+                p.display().to_string(),
+            ),
+            None => {
+                let p = Path::new(DEFAULT_CONFIG_PATH);
+                match std::fs::read_to_string(p) {
+                    Ok(t) => (Some(t), p.display().to_string()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        (None, "built-in defaults".into())
+                    }
+                    Err(source) => {
+                        return Err(ConfigError::Read {
+                            path: p.to_path_buf(),
+                            source,
+                        });
+                    }
+                }
+            }
+        };
+        let mut value: toml::Table = match text {
+            Some(t) => t
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    path: origin.clone(),
+                    message: e.message().to_string(),
+                })?,
+            None => toml::Table::new(),
+        };
+        for (key, var) in ENV_KEYS {
+            if let Some(raw) = env(var) {
+                let default = toml::Table::try_from(Config::default())
+                    .ok()
+                    .and_then(|t| lookup(&t, key).cloned());
+                let parsed = parse_env_value(&raw, default.as_ref()).map_err(|message| {
+                    ConfigError::Env {
+                        var: var.to_string(),
+                        key: key.to_string(),
+                        value: raw.clone(),
+                        message,
+                    }
+                })?;
+                insert(&mut value, key, parsed);
+            }
+        }
+        Config::deserialize(toml::Value::Table(value)).map_err(|e| ConfigError::Invalid {
+            path: origin,
+            message: e.message().to_string(),
+        })
+    }
+
+    /// The effective config as TOML, for `ferry config check`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.state_dir.join("runs")
+    }
+}
+
+fn lookup<'a>(table: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
+    let mut parts = dotted.split('.');
+    let first = parts.next()?;
+    let mut cur = table.get(first)?;
+    for p in parts {
+        cur = cur.as_table()?.get(p)?;
+    }
+    Some(cur)
+}
+
+fn insert(table: &mut toml::Table, dotted: &str, value: toml::Value) {
+    let parts: Vec<&str> = dotted.split('.').collect();
+    let mut cur = table;
+    for p in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        match entry {
+            toml::Value::Table(t) => cur = t,
+            _ => return,
+        }
+    }
+    if let Some(last) = parts.last() {
+        cur.insert(last.to_string(), value);
+    }
+}
+
+/// Read an environment value with the type of the key's default.
+fn parse_env_value(raw: &str, default: Option<&toml::Value>) -> Result<toml::Value, String> {
+    match default {
+        Some(toml::Value::Boolean(_)) => match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
+            "0" | "false" | "no" | "off" | "" => Ok(toml::Value::Boolean(false)),
+            _ => Err("expected true or false".into()),
+        },
+        Some(toml::Value::Integer(_)) => raw
+            .trim()
+            .parse::<i64>()
+            .map(toml::Value::Integer)
+            .map_err(|_| "expected a whole number".into()),
+        _ => Ok(toml::Value::String(raw.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_without_file_or_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, "").unwrap();
+        let cfg = Config::load(Some(&path), &env_of(&[])).unwrap();
+        assert_eq!(cfg, Config::default());
+    }
+
+    #[test]
+    fn env_overrides_file_with_typed_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, "state_dir = \"/srv/f\"\n[upgrade]\nenabled = true\n").unwrap();
+        let cfg = Config::load(
+            Some(&path),
+            &env_of(&[
+                ("FERRY_UPGRADE_ENABLED", "no"),
+                ("FERRY_CRIU_MIN_FREE_MIB", "12"),
+                ("FERRY_KERNEL_PATH", "/boot/vmlinuz-x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.state_dir, PathBuf::from("/srv/f"));
+        assert!(!cfg.upgrade.enabled);
+        assert_eq!(cfg.criu.min_free_mib, 12);
+        assert_eq!(cfg.kernel.path, Some(PathBuf::from("/boot/vmlinuz-x")));
+    }
+
+    #[test]
+    fn bad_env_value_names_variable_and_key() {
+        let err = Config::load(None, &env_of(&[("FERRY_CRIU_MIN_FREE_MIB", "lots")])).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("FERRY_CRIU_MIN_FREE_MIB") && msg.contains("criu.min_free_mib"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, "[criu]\npaht = \"x\"\n").unwrap();
+        let msg = Config::load(Some(&path), &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("ferry.toml") && msg.contains("paht"), "{msg}");
+    }
+
+    #[test]
+    fn missing_explicit_config_is_an_error() {
+        let msg = Config::load(Some(Path::new("/nonexistent/ferry.toml")), &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("/nonexistent/ferry.toml"), "{msg}");
+    }
+
+    #[test]
+    fn every_env_key_names_a_real_key() {
+        let table = toml::Table::try_from(Config::default()).unwrap();
+        for (key, _) in ENV_KEYS {
+            // Option keys are absent from the rendered defaults; their parent must exist.
+            let parent = key.rsplit_once('.').map(|(p, _)| p);
+            assert!(
+                lookup(&table, key).is_some()
+                    || parent.is_some_and(|p| lookup(&table, p).is_some()),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn secret_values_come_only_from_set_secret_vars() {
+        let secrets = secret_values(&env_of(&[("DROPBOX_TOKEN", "sl.abc"), ("HOME", "/root")]));
+        assert_eq!(secrets, vec!["sl.abc".to_string()]);
+    }
+}

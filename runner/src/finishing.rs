@@ -1,0 +1,72 @@
+//! How every run ends, on either kernel: collect, finish (the root span is
+//! emitted, so the trace is complete), bundle and ship, then `outcome.json`,
+//! which the waiting foreground reads.
+
+use crate::phases::{self, Ctx, PhaseError, run_phase};
+use crate::state::Outcome;
+use crate::telemetry::ids;
+
+/// The run stopped before anything was frozen: the session never stopped.
+pub fn end_before_dump(ctx: &mut Ctx<'_>, phase: &str, error: &PhaseError) -> Outcome {
+    conclude(
+        ctx,
+        "called_off",
+        Some(phase),
+        Some(error.message.clone()),
+        Some(&error.kind),
+    )
+}
+
+/// Collect, finish, ship, and record the outcome. Never fails: whatever
+/// cannot be done is logged and the outcome says what is known.
+pub fn conclude(
+    ctx: &mut Ctx<'_>,
+    result: &str,
+    phase: Option<&str>,
+    reason: Option<String>,
+    error_type: Option<&str>,
+) -> Outcome {
+    let _ = run_phase(ctx, "collect", phases::collect::run);
+    let mut reason = reason;
+    if let Err(e) = run_phase(ctx, "finish", phases::finish::run) {
+        reason = Some(match reason {
+            Some(r) => format!("{r}; also: {}", e.message),
+            None => e.message,
+        });
+    }
+    ctx.telemetry.emit_root(&ctx.state, result, error_type);
+    let bundle = match run_phase(ctx, "ship", |c| phases::ship::run(c, result)) {
+        Ok(location) => Some(location),
+        Err(e) => {
+            tracing::error!("the bundle was not shipped: {}", e.message);
+            None
+        }
+    };
+    let downtime_ms = match (
+        ctx.state.handoff.dump_start_unix_nano,
+        ctx.state.handoff.restored_unix_nano,
+    ) {
+        (Some(a), Some(b)) if b > a => Some((b - a) / 1_000_000),
+        _ => None,
+    };
+    let outcome = Outcome {
+        result: result.to_string(),
+        phase: phase.map(str::to_string),
+        reason,
+        bundle,
+        trace_file: Some(ctx.run.trace_file().display().to_string()),
+        trace_id: Some(ctx.state.trace_id.clone()),
+        kernel_before: ctx.state.kernel_before.clone(),
+        kernel_after: (result == "succeeded").then(crate::host::kernel_release),
+        downtime_ms,
+        end_unix_nano: ids::now_unix_nano(),
+    };
+    ctx.state.outcome = Some(outcome.clone());
+    if let Err(e) = ctx.save() {
+        tracing::error!("{e}");
+    }
+    if let Err(e) = ctx.run.save_outcome(&outcome) {
+        tracing::error!("{e}");
+    }
+    outcome
+}

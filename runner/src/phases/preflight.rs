@@ -1,0 +1,254 @@
+//! `preflight`: everything that can be checked before anything is touched.
+//! All checks run, so one answer lists every problem with its fix.
+
+use std::path::Path;
+
+use crate::config::Config;
+use crate::exec::{CommandSpec, Runner};
+use crate::host;
+
+use super::PhaseError;
+
+/// One failed check: what is wrong and how to fix it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub check: &'static str,
+    pub message: String,
+}
+
+/// Checks that need no run directory. `kexec_load_disabled` is read from
+/// `kexec_sysctl` (a path, for tests).
+pub fn check(config: &Config, runner: &dyn Runner, kexec_sysctl: &Path) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut fail = |check: &'static str, message: String| problems.push(Problem { check, message });
+
+    if !host::is_root() {
+        fail("root", "ferry must run as root: run it with sudo".into());
+    }
+    if !host::systemd_running() {
+        fail(
+            "systemd",
+            "systemd is not the init system here; ferry restores the session from a systemd unit after the reboot".into(),
+        );
+    }
+
+    let criu = config.criu.path.display().to_string();
+    match runner.run(
+        &CommandSpec::new(&criu)
+            .arg("check")
+            .log_name("criu-check")
+            .missing_hint("install it: apt-get install criu (or set criu.path / FERRY_CRIU_PATH)"),
+    ) {
+        Ok(out)
+            if out.success() && format!("{}{}", out.stdout, out.stderr).contains("Looks good") => {}
+        Ok(out) => fail(
+            "criu",
+            format!(
+                "`{criu} check` does not say \"Looks good\": {} (this kernel lacks a feature criu needs; see the criu-check log in the run's logs)",
+                last_line(&format!("{}{}", out.stderr, out.stdout))
+            ),
+        ),
+        Err(e) => fail("criu", e.to_string()),
+    }
+
+    for (tool, hint) in [
+        ("kexec", "install it: apt-get install kexec-tools"),
+        ("iptables-save", "install it: apt-get install iptables"),
+        ("unshare", "install it: apt-get install util-linux"),
+    ] {
+        if which(tool).is_none() {
+            fail("tools", format!("`{tool}` is not installed: {hint}"));
+        }
+    }
+
+    match std::fs::read_to_string(kexec_sysctl) {
+        Ok(v) if v.trim() == "0" => {}
+        Ok(_) => fail(
+            "kexec",
+            format!(
+                "kexec is disabled ({} is 1; it can only be re-enabled by a reboot, and Secure Boot lockdown also forbids it)",
+                kexec_sysctl.display()
+            ),
+        ),
+        Err(e) => fail(
+            "kexec",
+            format!(
+                "cannot read {}: {e} (is this kernel built with kexec?)",
+                kexec_sysctl.display()
+            ),
+        ),
+    }
+
+    let dir = &config.state_dir;
+    match std::fs::create_dir_all(dir).and_then(|_| probe_write(dir)) {
+        Ok(()) => match host::free_bytes(dir) {
+            Ok(free) if free / (1024 * 1024) < config.criu.min_free_mib => fail(
+                "space",
+                format!(
+                    "{} has {} MiB free; the images need at least {} MiB (free space or set state_dir to a bigger disk)",
+                    dir.display(),
+                    free / (1024 * 1024),
+                    config.criu.min_free_mib
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => fail(
+                "space",
+                format!("cannot read free space of {}: {e}", dir.display()),
+            ),
+        },
+        Err(e) => fail(
+            "state_dir",
+            format!(
+                "state directory {} is not writable: {e} (set state_dir in ferry.toml or FERRY_STATE_DIR)",
+                dir.display()
+            ),
+        ),
+    }
+    if let Some(fs) = host::fs_type_of(dir)
+        && (fs == "tmpfs" || fs == "ramfs")
+    {
+        fail(
+            "state_dir",
+            format!(
+                "state directory {} is on {fs}, which the reboot empties: put state_dir on a disk",
+                dir.display()
+            ),
+        );
+    }
+    problems
+}
+
+fn probe_write(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".ferry-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"probe")?;
+    std::fs::remove_file(&probe)
+}
+
+fn last_line(s: &str) -> String {
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output")
+        .trim()
+        .to_string()
+}
+
+/// Find a program on PATH (plus the sbin directories sudo may drop).
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    if program.contains('/') {
+        let p = std::path::PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+        .map(|d| Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+/// Turn the problem list into the phase's error.
+pub fn into_result(problems: Vec<Problem>) -> Result<(), PhaseError> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let kind = format!("preflight_{}", problems[0].check);
+    let message = problems
+        .iter()
+        .map(|p| p.message.clone())
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(PhaseError::new(kind, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::{CommandOutput, ExecError};
+
+    struct FakeCriu(&'static str);
+    impl Runner for FakeCriu {
+        fn run(&self, spec: &CommandSpec) -> Result<CommandOutput, ExecError> {
+            if self.0 == "missing" {
+                return Err(ExecError::NotFound {
+                    program: spec.program.clone(),
+                    hint: spec.missing_hint.clone().unwrap_or_default(),
+                });
+            }
+            Ok(CommandOutput {
+                command: spec.display(),
+                code: Some(if self.0.contains("Looks good") { 0 } else { 1 }),
+                stdout: self.0.to_string(),
+                stderr: String::new(),
+                log_file: None,
+                duration: Default::default(),
+            })
+        }
+    }
+
+    fn config_in(dir: &Path) -> Config {
+        let mut c = Config::default();
+        c.state_dir = dir.join("state");
+        c.criu.min_free_mib = 1;
+        c
+    }
+
+    #[test]
+    fn missing_criu_names_the_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let sysctl = dir.path().join("kexec_load_disabled");
+        std::fs::write(&sysctl, "0\n").unwrap();
+        let problems = check(&config_in(dir.path()), &FakeCriu("missing"), &sysctl);
+        let criu = problems.iter().find(|p| p.check == "criu").unwrap();
+        assert!(
+            criu.message.contains("apt-get install criu"),
+            "{}",
+            criu.message
+        );
+    }
+
+    #[test]
+    fn kexec_disabled_is_reported_and_criu_ok_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let sysctl = dir.path().join("kexec_load_disabled");
+        std::fs::write(&sysctl, "1\n").unwrap();
+        let problems = check(&config_in(dir.path()), &FakeCriu("Looks good.\n"), &sysctl);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.check == "kexec" && p.message.contains("disabled"))
+        );
+        assert!(!problems.iter().any(|p| p.check == "criu"));
+    }
+
+    #[test]
+    fn unwritable_state_dir_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let sysctl = dir.path().join("kexec_load_disabled");
+        std::fs::write(&sysctl, "0\n").unwrap();
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, "").unwrap();
+        let mut config = config_in(dir.path());
+        config.state_dir = blocker.join("sub");
+        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl);
+        let p = problems.iter().find(|p| p.check == "state_dir").unwrap();
+        assert!(p.message.contains("FERRY_STATE_DIR"), "{}", p.message);
+    }
+
+    #[test]
+    fn problems_join_into_one_error() {
+        let err = into_result(vec![
+            Problem {
+                check: "kexec",
+                message: "a".into(),
+            },
+            Problem {
+                check: "criu",
+                message: "b".into(),
+            },
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind, "preflight_kexec");
+        assert_eq!(err.message, "a; b");
+    }
+}

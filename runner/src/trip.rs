@@ -1,0 +1,379 @@
+//! The trip before the reboot: the foreground `ferry upgrade` and the
+//! detached worker it starts.
+//!
+//! The foreground stays in the session and is checkpointed with it, so it
+//! keeps nothing open that cannot cross a reboot: no socket to the worker,
+//! no file of the run directory (it reads `state.json` only until the dump
+//! begins, then only `stat`s `outcome.json`). The worker runs outside the
+//! session's tree and cgroup, as a transient systemd unit.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{self, Config};
+use crate::exec::{CommandSpec, Runner, SystemRunner};
+use crate::phases::{self, Ctx, PhaseError, run_phase, skip_phase};
+use crate::state::{Handoff, Outcome, PhaseRecord, PhaseResult, RunDir, RunState, STATE_FORMAT};
+use crate::telemetry::{Telemetry, ids};
+use crate::{finishing, host, units};
+
+/// Why `ferry upgrade` stopped without a trip.
+#[derive(Debug, thiserror::Error)]
+pub enum TripError {
+    #[error("preflight failed, nothing was touched: {0}")]
+    Preflight(String),
+    #[error("{0}")]
+    Phase(#[from] PhaseError),
+    #[error("{0}")]
+    State(#[from] crate::state::StateError),
+    #[error(
+        "the worker (unit {unit}) stopped without a result: see `journalctl -u {unit}` and {log}"
+    )]
+    WorkerLost { unit: String, log: PathBuf },
+}
+
+/// Flags of `ferry upgrade` that are not config keys.
+#[derive(Debug, Clone, Default)]
+pub struct UpgradeOptions {
+    pub pid: Option<i32>,
+}
+
+/// Run the trip from the session; returns the run's outcome.
+pub fn upgrade(
+    config: &Config,
+    opts: &UpgradeOptions,
+    telemetry: &Telemetry,
+) -> Result<Outcome, TripError> {
+    let secrets = config::secret_values(&|k| std::env::var(k).ok());
+    let runner = SystemRunner::new(telemetry.spans.clone(), secrets);
+    let (trace_id, parent, tracestate) = match std::env::var("TRACEPARENT")
+        .ok()
+        .as_deref()
+        .and_then(ids::TraceParent::parse)
+    {
+        Some(tp) => (
+            tp.trace_id,
+            Some(tp.span_id),
+            std::env::var("TRACESTATE").ok(),
+        ),
+        None => (ids::trace_id(), None, None),
+    };
+    let start = ids::now_unix_nano();
+    let root_span_id = ids::span_id();
+    telemetry.spans.set_context(crate::telemetry::TraceContext {
+        trace_id: trace_id.clone(),
+        root_span_id: root_span_id.clone(),
+        resource: Vec::new(),
+    });
+
+    // preflight: before the run directory exists, so a failure touches nothing.
+    let pre_span = tracing::info_span!("phase", otel.name = "preflight", cicd.pipeline.task.name = "preflight", error.type = tracing::field::Empty);
+    let pre_start = ids::now_unix_nano();
+    let (problems, pre_span_id) = pre_span.in_scope(|| {
+        let p = phases::preflight::check(
+            config,
+            &runner,
+            Path::new("/proc/sys/kernel/kexec_load_disabled"),
+        );
+        (p, crate::telemetry::current_span_id().unwrap_or_default())
+    });
+    if let Some(first) = problems.first() {
+        pre_span.record("error.type", format!("preflight_{}", first.check).as_str());
+    }
+    drop(pre_span);
+    phases::preflight::into_result(problems).map_err(|e| TripError::Preflight(e.message))?;
+    tracing::info!("preflight: ok");
+
+    let run_id = new_run_id();
+    let run = RunDir::new(config.runs_dir().join(&run_id));
+    run.create()?;
+    let state = RunState {
+        format: STATE_FORMAT,
+        run_id: run_id.clone(),
+        ferry_version: env!("CARGO_PKG_VERSION").into(),
+        host: host::hostname(),
+        trace_id,
+        root_span_id,
+        parent_span_id: parent,
+        tracestate,
+        start_unix_nano: start,
+        boot_ids: vec![host::boot_id()],
+        kernel_before: host::kernel_release(),
+        kernel_after: None,
+        kernel: None,
+        phases: vec![PhaseRecord {
+            name: "preflight".into(),
+            span_id: pre_span_id,
+            boot_id: host::boot_id(),
+            start_unix_nano: pre_start,
+            end_unix_nano: Some(ids::now_unix_nano()),
+            result: PhaseResult::Ok,
+            error: None,
+            error_type: None,
+        }],
+        session: None,
+        plan: serde_json::to_value(config).unwrap_or_default(),
+        handoff: Handoff::default(),
+        worker_pid: None,
+        outcome: None,
+    };
+    run.save(&state)?;
+    copy_self(&run.bin())?;
+    telemetry.attach(&state, run.trace_file(), run.logs().join("ferry.log"));
+    runner.set_logs_dir(run.logs());
+    tracing::info!(run = %run_id, dir = %run.root.display(), "run started");
+
+    let mut ctx = Ctx {
+        config,
+        run: &run,
+        state,
+        runner: &runner,
+        telemetry,
+    };
+    let start_at = match opts.pid {
+        Some(p) => phases::locate::Start::Pid(p),
+        None => phases::locate::Start::Invoker(std::process::id() as i32),
+    };
+    let located = run_phase(&mut ctx, "locate", |ctx| {
+        let session = phases::locate::locate(start_at)
+            .map_err(|e| PhaseError::new("locate", e.to_string()))?;
+        if session.already_restored {
+            return Err(PhaseError::new(
+                "already_restored",
+                format!(
+                    "this session was restored by criu before and lives in nested namespaces; a second trip is not supported ({})",
+                    session.already_restored_reason.clone().unwrap_or_default()
+                ),
+            ));
+        }
+        tracing::info!(root = session.root_pid, how = %session.how_found, tasks = session.tasks.len(), "session located");
+        ctx.state.session = Some(session);
+        Ok(())
+    });
+    if let Err(e) = located {
+        return Ok(finishing::end_before_dump(&mut ctx, "locate", &e));
+    }
+
+    let unit = format!("ferry-worker-{run_id}");
+    let spawn = runner.run(
+        &CommandSpec::new("systemd-run")
+            .args([
+                "--unit",
+                &unit,
+                "--collect",
+                "--quiet",
+                "--service-type=exec",
+            ])
+            .arg(format!("--description=ferry worker for run {run_id}"))
+            .arg(run.bin().display().to_string())
+            .args(["__worker", "--run-dir"])
+            .arg(run.root.display().to_string()),
+    );
+    if let Err(e) = spawn
+        .map_err(PhaseError::from)
+        .and_then(|o| o.check().map_err(PhaseError::from))
+    {
+        return Ok(finishing::end_before_dump(&mut ctx, "locate", &e));
+    }
+    drop(ctx);
+    wait_for_outcome(&run, &unit)
+}
+
+/// Follow the worker's progress until the run ends, on either kernel.
+fn wait_for_outcome(run: &RunDir, unit: &str) -> Result<Outcome, TripError> {
+    let mut printed: Vec<(String, PhaseResult)> = Vec::new();
+    let mut frozen_soon = false;
+    let mut missing_worker = 0;
+    loop {
+        if std::fs::metadata(run.outcome_file()).is_ok() {
+            if let Some(outcome) = run.load_outcome()? {
+                return Ok(outcome);
+            }
+        }
+        if !frozen_soon {
+            let state = run.load()?;
+            for p in &state.phases {
+                if p.result == PhaseResult::Running {
+                    continue;
+                }
+                if !printed.iter().any(|(n, r)| n == &p.name && *r == p.result) {
+                    printed.push((p.name.clone(), p.result));
+                }
+            }
+            // From here on the session may be frozen at any moment: read
+            // nothing more from the run directory (see module docs).
+            if state.phase("dump").is_some() {
+                frozen_soon = true;
+                eprintln!("ferry: checkpointing the session; it continues on the new kernel");
+            } else if let Some(pid) = state.worker_pid {
+                if std::fs::metadata(format!("/proc/{pid}")).is_err() {
+                    missing_worker += 1;
+                    if missing_worker > 10 {
+                        return Err(TripError::WorkerLost {
+                            unit: unit.into(),
+                            log: run.logs().join("ferry.log"),
+                        });
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn new_run_id() -> String {
+    let secs = ids::now_unix_nano() / 1_000_000_000;
+    let (y, mo, d, h, mi, s) = civil_from_unix(secs as i64);
+    format!(
+        "{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z-{}",
+        &ids::span_id()[..6]
+    )
+}
+
+/// UTC calendar fields of a Unix time (Howard Hinnant's days-from-civil inverse).
+pub fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+/// Keep a copy of this binary in the run: the units of the next boot run
+/// it, whatever the upgrade does to the installed one.
+fn copy_self(dest: &Path) -> Result<(), TripError> {
+    let err = |e: std::io::Error| {
+        TripError::State(crate::state::StateError::Write {
+            path: dest.to_path_buf(),
+            source: e,
+        })
+    };
+    let me = std::fs::read_link("/proc/self/exe").map_err(err)?;
+    std::fs::copy(&me, dest).map_err(err)?;
+    crate::state::set_mode(dest, 0o755).map_err(err)?;
+    Ok(())
+}
+
+/// The detached worker: upgrade, kernel, dump, prepare-restore, handoff.
+pub fn worker(run: &RunDir, telemetry: &Telemetry) -> Result<(), TripError> {
+    let state = run.load()?;
+    let config: Config = serde_json::from_value(state.plan.clone()).unwrap_or_default();
+    let secrets = config::secret_values(&|k| std::env::var(k).ok());
+    let runner = SystemRunner::new(telemetry.spans.clone(), secrets);
+    runner.set_logs_dir(run.logs());
+    telemetry.attach(&state, run.trace_file(), run.logs().join("ferry.log"));
+    let mut ctx = Ctx {
+        config: &config,
+        run,
+        state,
+        runner: &runner,
+        telemetry,
+    };
+    ctx.state.worker_pid = Some(std::process::id() as i32);
+    ctx.save()?;
+
+    let before_dump = (|| -> Result<(), (String, PhaseError)> {
+        if config.upgrade.enabled {
+            run_phase(&mut ctx, "upgrade", phases::upgrade::run)
+                .map_err(|e| ("upgrade".into(), e))?;
+        } else {
+            skip_phase(&mut ctx, "upgrade", "upgrade disabled")
+                .map_err(|e| ("upgrade".into(), e))?;
+        }
+        run_phase(&mut ctx, "kernel", |c| phases::kernel::run(c).map(|_| ()))
+            .map_err(|e| ("kernel".into(), e))?;
+        run_phase(&mut ctx, "dump", phases::dump::run).map_err(|e| ("dump".into(), e))?;
+        Ok(())
+    })();
+    if let Err((phase, e)) = before_dump {
+        unload_kernel(&runner);
+        finishing::end_before_dump(&mut ctx, &phase, &e);
+        return Ok(());
+    }
+
+    // The session is frozen and killed now: any failure from here on must
+    // end with the session restored in place on this kernel.
+    let after_dump = run_phase(&mut ctx, "prepare-restore", phases::prepare_restore::run)
+        .and_then(|_| run_phase(&mut ctx, "handoff", phases::handoff::run));
+    if let Err(e) = after_dump {
+        restore_in_place(
+            &mut ctx,
+            &format!("the trip was called off after the dump: {}", e.message),
+        );
+        return Ok(());
+    }
+    // systemd is taking the machine down; if it has not within a few
+    // minutes, the reboot is not coming: bring the session back here.
+    std::thread::sleep(Duration::from_secs(300));
+    restore_in_place(
+        &mut ctx,
+        "the reboot into the new kernel did not happen within 300 s",
+    );
+    Ok(())
+}
+
+fn unload_kernel(runner: &dyn Runner) {
+    let _ = runner.run(&CommandSpec::new("kexec").arg("-u").log_name("kexec-unload"));
+}
+
+/// Start the resume unit now, on this kernel, from the same images and with
+/// the same lock rules; it ends the run as `called_off`.
+fn restore_in_place(ctx: &mut Ctx<'_>, reason: &str) {
+    tracing::error!("{reason}; restoring the session in place");
+    unload_kernel(ctx.runner);
+    ctx.state.handoff.called_off = Some(reason.to_string());
+    let _ = ctx.save();
+    let unit_path = Path::new(units::UNIT_DIR).join(units::RESUME_UNIT);
+    if !unit_path.exists() {
+        let text = units::resume_unit(&ctx.state.run_id, &ctx.run.bin(), &ctx.run.root);
+        if let Err(e) = crate::state::write_atomic(&unit_path, text.as_bytes()) {
+            tracing::error!(error = %e, "cannot write the resume unit");
+        }
+    }
+    for args in [
+        vec!["daemon-reload"],
+        vec!["disable", units::RESUME_UNIT, units::NETFILTER_UNIT],
+        vec!["start", "--no-block", units::RESUME_UNIT],
+    ] {
+        if let Err(e) = ctx
+            .runner
+            .run(&CommandSpec::new("systemctl").args(args.clone()))
+            .and_then(|o| o.check())
+        {
+            tracing::error!(error = %e, "systemctl {:?} failed", args);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_unix(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(civil_from_unix(1_796_326_137), (2026, 12, 3, 19, 28, 57));
+        assert_eq!(civil_from_unix(951_782_400), (2000, 2, 29, 0, 0, 0));
+    }
+
+    #[test]
+    fn run_ids_sort_by_time() {
+        let id = new_run_id();
+        assert_eq!(id.len(), "20261203T192857Z-abcdef".len());
+        assert!(id.contains('T') && id.contains("Z-"));
+    }
+}

@@ -1,0 +1,95 @@
+//! The systemd units a trip installs for the next boot.
+
+use std::path::{Path, PathBuf};
+
+pub const RESUME_UNIT: &str = "ferry-resume.service";
+pub const NETFILTER_UNIT: &str = "ferry-netfilter.service";
+pub const UNIT_DIR: &str = "/etc/systemd/system";
+
+/// Loads the saved firewall rules (CRIU's lock rules among them) before any
+/// network interface comes up, whatever brings the network up: ifupdown,
+/// networkd and NetworkManager all order themselves after network-pre.target.
+pub fn netfilter_unit(run_id: &str, restores: &[(PathBuf, PathBuf)]) -> String {
+    let mut exec = String::new();
+    for (tool, rules) in restores {
+        exec.push_str(&format!(
+            "ExecStart={} -w -c {}\n",
+            tool.display(),
+            rules.display()
+        ));
+    }
+    format!(
+        "# Written by ferry for run {run_id}; disabled again once the session is restored.\n\
+[Unit]\n\
+Description=ferry: firewall rules that hold the checkpointed session's TCP connections\n\
+DefaultDependencies=no\n\
+After=local-fs.target\n\
+Before=network-pre.target\n\
+Wants=network-pre.target\n\
+\n\
+[Service]\n\
+Type=oneshot\n\
+RemainAfterExit=yes\n\
+{exec}\
+\n\
+[Install]\n\
+WantedBy=multi-user.target\n"
+    )
+}
+
+/// The one-shot restore. Its main process stays the parent of the new pid
+/// namespace's init for as long as the session lives: stopping this unit
+/// would kill the session, so nothing stops it; it is only disabled.
+pub fn resume_unit(run_id: &str, ferry: &Path, run_dir: &Path) -> String {
+    format!(
+        "# Written by ferry for run {run_id}; disabled again once the session is restored.\n\
+[Unit]\n\
+Description=ferry: restore the checkpointed session of run {run_id}\n\
+After=network-online.target {NETFILTER_UNIT}\n\
+Wants=network-online.target\n\
+ConditionPathExists={images}/inventory.img\n\
+\n\
+[Service]\n\
+Type=idle\n\
+ExecStart={ferry} resume --run-dir {run}\n\
+\n\
+[Install]\n\
+WantedBy=multi-user.target\n",
+        ferry = ferry.display(),
+        run = run_dir.display(),
+        images = run_dir.join("images").display(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netfilter_unit_runs_before_the_network() {
+        let text = netfilter_unit(
+            "r1",
+            &[(
+                PathBuf::from("/usr/sbin/iptables-restore"),
+                PathBuf::from("/var/lib/ferry/runs/r1/firewall/iptables.rules"),
+            )],
+        );
+        assert!(text.contains("Before=network-pre.target\nWants=network-pre.target\n"));
+        assert!(text.contains("ExecStart=/usr/sbin/iptables-restore -w -c /var/lib/ferry/runs/r1/firewall/iptables.rules\n"));
+        assert!(text.contains("DefaultDependencies=no"));
+    }
+
+    #[test]
+    fn resume_unit_is_conditional_on_the_images() {
+        let text = resume_unit(
+            "r1",
+            Path::new("/var/lib/ferry/runs/r1/bin/ferry"),
+            Path::new("/var/lib/ferry/runs/r1"),
+        );
+        assert!(text.contains("ConditionPathExists=/var/lib/ferry/runs/r1/images/inventory.img"));
+        assert!(text.contains(
+            "ExecStart=/var/lib/ferry/runs/r1/bin/ferry resume --run-dir /var/lib/ferry/runs/r1\n"
+        ));
+        assert!(text.contains("After=network-online.target ferry-netfilter.service"));
+    }
+}
