@@ -36,7 +36,7 @@ APT_UPDATED=0
 apt_update_once() {
   if [ "$APT_UPDATED" = 0 ]; then
     log "apt-get update (host)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 update -qq >&2
     APT_UPDATED=1
   fi
 }
@@ -44,6 +44,7 @@ apt_update_once() {
 ensure_tools() {
   local -a need=()
   command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+  command -v gpg >/dev/null || need+=(gpg) # mmdebstrap uses it to pick signed-by keyrings
   command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
   command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
   command -v qemu-img >/dev/null || need+=(qemu-utils)
@@ -55,7 +56,7 @@ ensure_tools() {
     is_root || die "missing host tools (${need[*]}) and not root to install them"
     apt_update_once
     log "installing host tools: ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${need[@]}" >&2
   fi
 }
 
@@ -124,17 +125,24 @@ pick_mirrors() {
 # ---------------------------------------------------------------------------
 # Cache key and fast path.
 # ---------------------------------------------------------------------------
+compute_key() {
+  KEY=$( { cat "$SCRIPT_PATH"; printf 'OLD=%s\nNEW=%s\nPACKAGES=%s\n' "$OLD_KERNEL" "$NEW_KERNEL" "${PACKAGES[*]}"; } \
+    | sha256sum | cut -c1-16)
+  DEST=$GUEST_ROOT/$KEY
+}
+
+cached_exit() {
+  if [ -f "$DEST/complete" ]; then
+    log "cached image $DEST (old=$OLD_KERNEL new=$NEW_KERNEL)${1:+ $1}"
+    printf '%s\n' "$DEST"
+    exit 0
+  fi
+}
+
 ensure_tools
 pick_kernels
-KEY=$( { cat "$SCRIPT_PATH"; printf 'OLD=%s\nNEW=%s\nPACKAGES=%s\n' "$OLD_KERNEL" "$NEW_KERNEL" "${PACKAGES[*]}"; } \
-  | sha256sum | cut -c1-16)
-DEST=$GUEST_ROOT/$KEY
-
-if [ -f "$DEST/complete" ]; then
-  log "cached image $DEST (old=$OLD_KERNEL new=$NEW_KERNEL)"
-  printf '%s\n' "$DEST"
-  exit 0
-fi
+compute_key
+cached_exit
 
 is_root || die "building the guest image needs root (mmdebstrap --mode=root)"
 mkdir -p "$GUEST_ROOT"
@@ -145,10 +153,15 @@ if ! flock -n 9; then
   log "another build holds $GUEST_ROOT/.lock, waiting"
   flock 9
 fi
-if [ -f "$DEST/complete" ]; then
-  log "cached image $DEST (built by a concurrent run)"
-  printf '%s\n' "$DEST"
-  exit 0
+cached_exit "(built by a concurrent run)"
+
+# A build is due anyway: refresh the host's lists first, so the ABIs we pick are
+# still in the archive (old ones rotate out), then look at the cache again.
+if [ "$APT_UPDATED" = 0 ]; then
+  apt_update_once
+  pick_kernels
+  compute_key
+  cached_exit "(after apt-get update)"
 fi
 
 pick_mirrors

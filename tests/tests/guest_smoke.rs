@@ -26,7 +26,10 @@ fn guest_smoke() -> Result<()> {
     let boot = guest.wait_ssh(Duration::from_secs(300))?;
     eprintln!("boot to ssh: {:.1} s", boot.as_secs_f64());
     check_guest(&guest).with_context(|| guest.diagnostics())?;
-    guest.finish()
+    let t = Instant::now();
+    guest.finish()?;
+    eprintln!("shutdown: {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn check_guest(guest: &Guest) -> Result<()> {
@@ -50,9 +53,19 @@ fn check_guest(guest: &Guest) -> Result<()> {
         state == "running" || state == "degraded",
         "systemctl is-system-running: {state:?}"
     );
+    let analyze = guest.ssh_ok("systemd-analyze; systemd-analyze blame | head -n 5")?;
+    eprintln!(
+        "[{:.1} s] system {state}:\n{}",
+        guest.uptime().as_secs_f64(),
+        analyze.trim_end()
+    );
 
     let criu = guest.ssh_ok("criu check 2>&1")?;
     ensure!(criu.contains("Looks good"), "criu check said: {criu}");
+    eprintln!(
+        "[{:.1} s] criu check: Looks good",
+        guest.uptime().as_secs_f64()
+    );
 
     guest.ssh_ok("findmnt -n /srv/ferry-repo")?;
     guest.ssh_ok("apt-get update 2>&1")?;
@@ -61,6 +74,11 @@ fn check_guest(guest: &Guest) -> Result<()> {
     ensure!(
         sim.contains(&want),
         "dist-upgrade would not install linux-image-{}:\n{sim}",
+        guest.new_kernel()
+    );
+    eprintln!(
+        "[{:.1} s] apt offers linux-image-{}",
+        guest.uptime().as_secs_f64(),
         guest.new_kernel()
     );
 
@@ -105,5 +123,6 @@ fn check_guest(guest: &Guest) -> Result<()> {
 
     let usernet = guest.hmp("info usernet")?;
     ensure!(usernet.contains("HOST_FORWARD"), "info usernet: {usernet}");
+    eprintln!("[{:.1} s] checks done", guest.uptime().as_secs_f64());
     Ok(())
 }
