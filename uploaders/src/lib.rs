@@ -1,1 +1,14 @@
 //! Bundles and the backends that carry them off the machine.
+//!
+//! * [`bundle`] writes, reads, verifies and extracts the `tar.gz` bundles a
+//!   run's logs travel in, redacting secrets and capping sizes on the way.
+//! * [`backends`] is the seam to the stores bundles are shipped to
+//!   ([`backends::Backend`]), with the local-directory implementation.
+
+pub mod backends;
+pub mod bundle;
+
+pub use backends::{Backend, BackendError, DirBackend, Receipt, RemoteObject};
+pub use bundle::{
+    BundleError, BundleOptions, BundleReader, BundleWriter, Manifest, bundle_name, write_bundle,
+};

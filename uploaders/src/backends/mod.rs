@@ -1,0 +1,335 @@
+//! Backends: where bundles go. One trait at the seam, one file per
+//! implementation, so the code that ships a bundle never knows whether it
+//! talks to a directory or an object store.
+
+mod dir;
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+pub use dir::DirBackend;
+
+/// A store bundles are put into and fetched from. Synchronous for now.
+pub trait Backend: Send + Sync {
+    /// Short name used in messages and receipts: `"dir"`, `"s3"`, …
+    fn name(&self) -> &str;
+
+    /// Stores the file `src` under `key`. Idempotent: putting the same
+    /// content under the same key again stores nothing new and returns an
+    /// equivalent receipt; different content under an existing key is an
+    /// error ([`ErrorKind::Conflict`]), never an overwrite.
+    fn put(&self, key: &str, src: &Path) -> Result<Receipt, BackendError>;
+
+    /// The objects whose keys start with `prefix` (a plain string prefix,
+    /// `""` for all), sorted by key.
+    fn list(&self, prefix: &str) -> Result<Vec<RemoteObject>, BackendError>;
+
+    /// Fetches `key` into the local file `dest` (replaced atomically).
+    fn get(&self, key: &str, dest: &Path) -> Result<(), BackendError>;
+
+    /// A URL or path a person can open to see the object, if the backend
+    /// has such a thing.
+    fn share(&self, key: &str) -> Result<Option<String>, BackendError>;
+}
+
+/// Proof that an object was stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// [`Backend::name`] of the backend that stored it.
+    pub backend: String,
+    /// The key it was stored under.
+    pub key: String,
+    /// Where it is: a path, a URL, an object id.
+    pub location: String,
+    /// Bytes stored.
+    pub size: u64,
+    /// SHA-256 of the stored bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// An object as listed by [`Backend::list`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteObject {
+    /// Its key.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// When it was last modified, as the backend reports it.
+    pub modified: SystemTime,
+}
+
+/// How a backend operation failed, which decides whether to retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The key is not acceptable (empty component, `..`, absolute, …).
+    InvalidKey,
+    /// No object under that key, or the local source is missing.
+    NotFound,
+    /// A different object already exists under that key.
+    Conflict,
+    /// Credentials are missing, wrong or expired.
+    Auth,
+    /// Access was refused.
+    PermissionDenied,
+    /// The store is full.
+    NoSpace,
+    /// The backend asked to slow down (HTTP 429, `Retry-After`).
+    RateLimited,
+    /// The store could not be reached or failed in a way a retry may fix
+    /// (timeouts, resets, 5xx, `EIO` on a network mount).
+    Unavailable,
+    /// The backend is misconfigured (bad root, bad bucket…).
+    Config,
+    /// Anything else; not retried.
+    Other,
+}
+
+impl ErrorKind {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(self) -> bool {
+        matches!(self, ErrorKind::RateLimited | ErrorKind::Unavailable)
+    }
+}
+
+/// A failed backend operation: which backend, what kind of failure, what
+/// happened and what to do about it.
+#[derive(Debug)]
+pub struct BackendError {
+    backend: String,
+    kind: ErrorKind,
+    message: String,
+    fix: String,
+    retry_after: Option<Duration>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl BackendError {
+    /// A new error; `fix` tells the user what to do.
+    pub fn new(
+        backend: impl Into<String>,
+        kind: ErrorKind,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        BackendError {
+            backend: backend.into(),
+            kind,
+            message: message.into(),
+            fix: fix.into(),
+            retry_after: None,
+            source: None,
+        }
+    }
+
+    /// Classifies an I/O error from an operation described by `message`.
+    pub fn from_io(backend: impl Into<String>, message: impl Into<String>, e: io::Error) -> Self {
+        let (kind, fix) = classify_io(&e);
+        BackendError::new(backend, kind, format!("{}: {e}", message.into()), fix).with_source(e)
+    }
+
+    /// Attaches the underlying error.
+    pub fn with_source(mut self, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(e));
+        self
+    }
+
+    /// Records how long the backend asked us to wait.
+    pub fn with_retry_after(mut self, d: Duration) -> Self {
+        self.retry_after = Some(d);
+        self
+    }
+
+    /// The backend's [`Backend::name`].
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// Whether a retry may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.kind.is_transient()
+    }
+
+    /// How long to wait before retrying, if the backend said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// What the user can do about it.
+    pub fn fix(&self) -> &str {
+        &self.fix
+    }
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let class = if self.is_transient() {
+            "transient"
+        } else {
+            "permanent"
+        };
+        write!(
+            f,
+            "{} backend: {} ({class}); {}",
+            self.backend, self.message, self.fix
+        )
+    }
+}
+
+impl std::error::Error for BackendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+fn classify_io(e: &io::Error) -> (ErrorKind, &'static str) {
+    use io::ErrorKind as K;
+    if let Some(code) = e.raw_os_error() {
+        match code {
+            libc::EAGAIN
+            | libc::EINTR
+            | libc::ETIMEDOUT
+            | libc::EBUSY
+            | libc::ESTALE
+            | libc::EIO
+            | libc::ENETDOWN
+            | libc::ENETUNREACH
+            | libc::EHOSTUNREACH
+            | libc::ECONNRESET
+            | libc::ECONNREFUSED
+            | libc::ECONNABORTED
+            | libc::ENOLCK => {
+                return (
+                    ErrorKind::Unavailable,
+                    "retry later; if it persists check the mount or disk (dmesg)",
+                );
+            }
+            libc::ENOSPC | libc::EDQUOT => {
+                return (
+                    ErrorKind::NoSpace,
+                    "free space (or quota) on the backend's filesystem",
+                );
+            }
+            libc::EROFS => {
+                return (
+                    ErrorKind::Config,
+                    "the backend's filesystem is read-only; remount it read-write or choose another root",
+                );
+            }
+            _ => {}
+        }
+    }
+    match e.kind() {
+        K::NotFound => (ErrorKind::NotFound, "check the path or key"),
+        K::PermissionDenied => (
+            ErrorKind::PermissionDenied,
+            "give the ferry user access (ownership or mode of the directory)",
+        ),
+        K::AlreadyExists => (ErrorKind::Conflict, "choose another key"),
+        K::TimedOut
+        | K::Interrupted
+        | K::WouldBlock
+        | K::ConnectionReset
+        | K::ConnectionAborted
+        | K::ConnectionRefused
+        | K::BrokenPipe => (ErrorKind::Unavailable, "retry later"),
+        K::StorageFull => (ErrorKind::NoSpace, "free space on the backend's filesystem"),
+        _ => (ErrorKind::Other, "see the error above"),
+    }
+}
+
+/// Checks a key: 1–1024 bytes of `/`-separated components, none empty,
+/// `.` or `..`, none starting with `.ferry-tmp` (reserved for temporary
+/// files), no leading `/`, no backslash, NUL or control characters.
+/// Backends call this before anything else.
+pub fn validate_key(backend: &str, key: &str) -> Result<(), BackendError> {
+    let bad = |why: &str| {
+        BackendError::new(
+            backend,
+            ErrorKind::InvalidKey,
+            format!("invalid key {key:?}: {why}"),
+            "use a relative key of non-empty components without `.` or `..`, e.g. `host/run-42/bundle.tar.gz`",
+        )
+    };
+    if key.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if key.len() > 1024 {
+        return Err(bad("it is longer than 1024 bytes"));
+    }
+    if key.starts_with('/') {
+        return Err(bad("it is absolute"));
+    }
+    if key.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(bad("it contains a control character or a backslash"));
+    }
+    for c in key.split('/') {
+        match c {
+            "" => return Err(bad("it has an empty component (`//` or a trailing `/`)")),
+            "." | ".." => return Err(bad("it has a `.` or `..` component")),
+            c if c.starts_with(TMP_PREFIX) => {
+                return Err(bad("components starting with `.ferry-tmp` are reserved"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Prefix of the temporary files backends write before renaming.
+pub(crate) const TMP_PREFIX: &str = ".ferry-tmp";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys() {
+        for good in ["a", "host/run-42/x.tar.gz", "a b/c", ".hidden", "ü/ß"] {
+            validate_key("t", good).expect(good);
+        }
+        for bad in [
+            "",
+            "/a",
+            "a//b",
+            "a/",
+            "../a",
+            "a/./b",
+            "a/..",
+            "a\\b",
+            "a\nb",
+            ".ferry-tmp-1",
+        ] {
+            let e = validate_key("t", bad).expect_err(bad);
+            assert_eq!(e.kind(), ErrorKind::InvalidKey);
+            assert!(!e.is_transient());
+        }
+        assert!(validate_key("t", &"a".repeat(1025)).is_err());
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        let t = BackendError::from_io(
+            "dir",
+            "write x",
+            io::Error::from_raw_os_error(libc::ETIMEDOUT),
+        );
+        assert!(t.is_transient());
+        let p = BackendError::from_io("dir", "write x", io::Error::from_raw_os_error(libc::EACCES));
+        assert!(!p.is_transient());
+        assert_eq!(p.kind(), ErrorKind::PermissionDenied);
+        let s = p.to_string();
+        assert!(s.starts_with("dir backend: write x"), "{s}");
+        assert!(s.contains("permanent"), "{s}");
+    }
+}
