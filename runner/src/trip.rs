@@ -181,43 +181,64 @@ pub fn upgrade(
 
 /// Follow the worker's progress until the run ends, on either kernel.
 fn wait_for_outcome(run: &RunDir, unit: &str) -> Result<Outcome, TripError> {
-    let mut printed: Vec<(String, PhaseResult)> = Vec::new();
+    // Phases this process ran were reported as they ended; report the
+    // worker's as they end.
+    let mut printed: Vec<(String, PhaseResult)> = run
+        .load()?
+        .phases
+        .iter()
+        .map(|p| (p.name.clone(), p.result))
+        .collect();
     let mut frozen_soon = false;
     let mut missing_worker = 0;
     loop {
-        if std::fs::metadata(run.outcome_file()).is_ok() {
-            if let Some(outcome) = run.load_outcome()? {
-                return Ok(outcome);
-            }
+        if std::fs::metadata(run.outcome_file()).is_ok()
+            && let Some(outcome) = run.load_outcome()?
+        {
+            return Ok(outcome);
         }
         if !frozen_soon {
             let state = run.load()?;
-            for p in &state.phases {
-                if p.result == PhaseResult::Running {
-                    continue;
-                }
+            for p in state.phases.iter().filter(|p| p.result != PhaseResult::Running) {
                 if !printed.iter().any(|(n, r)| n == &p.name && *r == p.result) {
                     printed.push((p.name.clone(), p.result));
+                    eprintln!("{}", phase_line(p));
                 }
             }
             // From here on the session may be frozen at any moment: read
             // nothing more from the run directory (see module docs).
             if state.phase("dump").is_some() {
                 frozen_soon = true;
-                eprintln!("ferry: checkpointing the session; it continues on the new kernel");
-            } else if let Some(pid) = state.worker_pid {
-                if std::fs::metadata(format!("/proc/{pid}")).is_err() {
-                    missing_worker += 1;
-                    if missing_worker > 10 {
-                        return Err(TripError::WorkerLost {
-                            unit: unit.into(),
-                            log: run.logs().join("ferry.log"),
-                        });
-                    }
+                eprintln!("ferry: dump: checkpointing the session; it goes on after the reboot");
+            } else if let Some(pid) = state.worker_pid
+                && std::fs::metadata(format!("/proc/{pid}")).is_err()
+            {
+                missing_worker += 1;
+                if missing_worker > 10 {
+                    return Err(TripError::WorkerLost {
+                        unit: unit.into(),
+                        log: run.logs().join("ferry.log"),
+                    });
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn phase_line(p: &PhaseRecord) -> String {
+    let secs = p
+        .end_unix_nano
+        .map(|e| e.saturating_sub(p.start_unix_nano) as f64 / 1e9)
+        .unwrap_or(0.0);
+    match p.result {
+        PhaseResult::Ok => format!("ferry: {}: ok ({secs:.1} s)", p.name),
+        PhaseResult::Skipped => format!("ferry: {}: skipped", p.name),
+        _ => format!(
+            "ferry: {}: failed after {secs:.1} s: {}",
+            p.name,
+            p.error.as_deref().unwrap_or("")
+        ),
     }
 }
 

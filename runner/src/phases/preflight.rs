@@ -187,8 +187,10 @@ mod tests {
     }
 
     fn config_in(dir: &Path) -> Config {
-        let mut c = Config::default();
-        c.state_dir = dir.join("state");
+        let mut c = Config {
+            state_dir: dir.join("state"),
+            ..Config::default()
+        };
         c.criu.min_free_mib = 1;
         c
     }

@@ -52,6 +52,33 @@ impl<'a> MakeWriter<'a> for LogFile {
     }
 }
 
+/// One plain line per event on stderr (`ferry: warning: …`): the CI log
+/// is read by people, and span context is in the trace.
+struct HumanFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for HumanFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = *event.metadata().level();
+        write!(writer, "ferry: ")?;
+        if level == tracing::Level::WARN {
+            write!(writer, "warning: ")?;
+        } else if level == tracing::Level::ERROR {
+            write!(writer, "error: ")?;
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
 /// Install the global subscriber: human lines on stderr (`FERRY_LOG` picks
 /// the level, default info), JSON lines to the run's log, spans to its trace.
 pub fn init() -> Telemetry {
@@ -60,9 +87,7 @@ pub fn init() -> Telemetry {
         EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .compact()
+        .event_format(HumanFormat)
         .with_filter(stderr_filter);
     let json = tracing_subscriber::fmt::layer()
         .json()

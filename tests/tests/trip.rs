@@ -1,0 +1,349 @@
+//! The whole trip, for real, in one QEMU guest (two boots):
+//!
+//! 1. failing dump: `ferry upgrade` dumps without the `--external` for
+//!    logind's session FIFO (lab trap F1); the dump fails, the session keeps
+//!    running, ferry exits non-zero and a failure bundle holds dump.log;
+//! 2. happy path: `ferry upgrade` in a live `ssh -tt` session upgrades the
+//!    guest from the local apt repo (which installs the newer kernel),
+//!    checkpoints the session, kexecs, restores; the SAME connection prints
+//!    the new kernel, echoes input, and `ferry upgrade` returns 0 there.
+//!
+//! Gated by `FERRY_GUEST_TESTS=1`; the ferry binary comes from `FERRY_BIN`
+//! or the workspace's target/release (build it first).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use ferry_tests::util::shell_quote;
+use ferry_tests::{BootOptions, Guest, GuestImage, Session, guest_tests_enabled};
+use serde_json::Value;
+
+fn ferry_bin() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("FERRY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let release = root.join("target/release/ferry");
+    ensure!(
+        release.is_file(),
+        "no ferry binary at {}: run `cargo build --release -p ferry` first or set FERRY_BIN",
+        release.display()
+    );
+    Ok(release)
+}
+
+/// The session: ticks with the kernel every second, echoes what it is
+/// sent, and runs `ferry upgrade` in the foreground.
+fn session_script(ferry_env: &str, ferry_args: &str) -> String {
+    let script = format!(
+        "exec 3<&0\n\
+         (while :; do echo \"tick $(date +%T) $(uname -r)\"; sleep 1; done) &\n\
+         (while :; do if read -r -t 1 -u 3 l; then echo \"echo:$l\"; fi; done) &\n\
+         {ferry_env} ferry upgrade {ferry_args}; echo \"FERRY-EXIT=$? $(uname -r)\"\n\
+         wait\n"
+    );
+    format!("bash -c {}", shell_quote(&script))
+}
+
+#[test]
+fn trip() -> Result<()> {
+    if !guest_tests_enabled("trip") {
+        return Ok(());
+    }
+    let ferry = ferry_bin()?;
+    let image = GuestImage::ensure()?;
+    let guest = Guest::boot(&image, BootOptions::named("trip"))?;
+    guest.wait_ssh(Duration::from_secs(300))?;
+    guest.copy_to(&ferry, "/usr/local/bin/ferry")?;
+    guest.ssh_ok("chmod 755 /usr/local/bin/ferry && ferry --version")?;
+
+    if std::env::var("SKIP_FAIL").is_err() {
+        failing_dump(&guest)
+            .with_context(|| format!("failing dump case\n{}", guest.diagnostics()))?;
+    }
+    happy_trip(&guest).with_context(|| format!("happy trip case\n{}", guest.diagnostics()))?;
+    guest.finish()?;
+    Ok(())
+}
+
+fn failing_dump(guest: &Guest) -> Result<()> {
+    let t = Instant::now();
+    let mut session = Session::start(
+        guest,
+        &session_script(
+            "FERRY_TESTING_SKIP_EXTERNALS=1",
+            "--no-upgrade --allow-same-kernel",
+        ),
+    )?;
+    let exit = session
+        .wait_for("FERRY-EXIT=", Duration::from_secs(300))
+        .with_context(|| session.transcript())?;
+    ensure!(
+        exit.text
+            .contains(&format!("FERRY-EXIT=1 {}", guest.old_kernel())),
+        "ferry should fail on the old kernel: {}\n{}",
+        exit.text,
+        session.transcript()
+    );
+    // The session survived the failed dump: it still ticks and echoes.
+    let before = session.len();
+    session.send_line("after-failed-dump")?;
+    session.wait_for("echo:after-failed-dump", Duration::from_secs(30))?;
+    ensure!(session.len() > before, "no output after the failed dump");
+    let transcript = session.transcript();
+    ensure!(
+        transcript.contains("trip called off in dump"),
+        "ferry should say why: {transcript}"
+    );
+    session.kill();
+
+    let bundles = guest.ssh_ok("ls /var/lib/ferry/bundles/")?;
+    let name = bundles
+        .lines()
+        .find(|l| l.contains("-dump-called_off.tar.gz"))
+        .with_context(|| format!("no failure bundle among: {bundles}"))?
+        .trim()
+        .to_string();
+    let dir = extract_bundle(guest, &format!("/var/lib/ferry/bundles/{name}"))?;
+    let dump_log = std::fs::read_to_string(dir.join("logs/dump.log"))?;
+    ensure!(
+        dump_log.contains("Can't lookup mount"),
+        "dump.log lacks trap F1's error"
+    );
+    ensure!(
+        dump_log.contains("Dumping FAILED"),
+        "dump.log lacks the verdict"
+    );
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
+    ensure!(
+        manifest["run"]["result"] == "called_off",
+        "manifest result: {}",
+        manifest["run"]
+    );
+    // Nothing is left behind for the next boot.
+    let enabled = guest.ssh("systemctl is-enabled ferry-resume.service")?;
+    ensure!(
+        !enabled.status.success(),
+        "resume unit must not be enabled after a failed dump"
+    );
+    let loaded = guest.ssh_ok("cat /sys/kernel/kexec_loaded")?;
+    ensure!(
+        loaded.trim() == "0",
+        "the kernel loaded for the trip must be unloaded"
+    );
+    eprintln!("failing dump case: {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn happy_trip(guest: &Guest) -> Result<()> {
+    let t = Instant::now();
+    let old = guest.old_kernel().to_string();
+    let new = guest.new_kernel().to_string();
+    let session = Session::start(guest, &session_script("", ""))?;
+    session.wait_for("tick", Duration::from_secs(60))?;
+    let exit = session
+        .wait_for("FERRY-EXIT=", Duration::from_secs(900))
+        .with_context(|| session.transcript())?;
+    ensure!(
+        exit.text.contains(&format!("FERRY-EXIT=0 {new}")),
+        "ferry upgrade should return 0 on {new}: {}\n{}",
+        exit.text,
+        session.transcript()
+    );
+    let restored_at = Instant::now();
+    session
+        .wait_for(&new, Duration::from_secs(30))
+        .context("no tick on the new kernel")?;
+    session.send_line("ping-after-restore")?;
+    let echo = session
+        .wait_for("echo:ping-after-restore", Duration::from_secs(10))
+        .with_context(|| session.transcript())?;
+    ensure!(
+        session.is_alive(),
+        "the ssh client exited: {}",
+        session.transcript()
+    );
+    let ticks_old = session
+        .lines()
+        .iter()
+        .filter(|l| l.text.contains("tick") && l.text.contains(&old))
+        .count();
+    let ticks_new = session
+        .lines()
+        .iter()
+        .filter(|l| l.text.contains("tick") && l.text.contains(&new))
+        .count();
+    ensure!(
+        ticks_old > 0 && ticks_new > 0,
+        "ticks old={ticks_old} new={ticks_new}"
+    );
+    let gap = session.largest_gap().context("no gap measured")?;
+    eprintln!(
+        "happy trip: downtime (largest client gap) {:.1} s; echo after restore in {:.2} s",
+        gap.duration.as_secs_f64(),
+        echo.mono
+            .saturating_duration_since(restored_at)
+            .as_secs_f64()
+    );
+
+    // The guest side, through a pty-less ssh (never take the session's pty).
+    ensure!(
+        guest.ssh_ok("uname -r")?.trim() == new,
+        "guest kernel is not {new}"
+    );
+    let enabled = guest.ssh("systemctl is-enabled ferry-resume.service")?;
+    ensure!(
+        String::from_utf8_lossy(&enabled.stdout).trim() == "disabled",
+        "resume unit must be disabled for later boots"
+    );
+    let active = guest.ssh_ok("systemctl is-active ferry-resume.service || true")?;
+    ensure!(
+        active.trim() == "active",
+        "resume unit must keep running while the session lives: {active}"
+    );
+    let locks = guest.ssh_ok("iptables-save | grep -c 0xc114 || true")?;
+    ensure!(locks.trim() == "0", "CRIU lock rules left behind: {locks}");
+    let wscale = guest.ssh_ok("sysctl -n net.ipv4.tcp_window_scaling")?;
+    ensure!(
+        wscale.trim() == "1",
+        "tcp_window_scaling not put back: {wscale}"
+    );
+
+    // The bundle: evidence of both boots under one trace.
+    let bundles = guest.ssh_ok("ls /var/lib/ferry/bundles/")?;
+    let name = bundles
+        .lines()
+        .find(|l| l.contains("-succeeded.tar.gz"))
+        .with_context(|| format!("no success bundle among: {bundles}"))?
+        .trim()
+        .to_string();
+    let dir = extract_bundle(guest, &format!("/var/lib/ferry/bundles/{name}"))?;
+    for f in [
+        "logs/dump.log",
+        "logs/restore.log",
+        "logs/dmesg-before-reboot.txt",
+        "logs/dmesg-after-reboot.txt",
+        "state.json",
+        "trace/otlp.jsonl",
+        "manifest.json",
+    ] {
+        ensure!(dir.join(f).is_file(), "bundle lacks {f}");
+    }
+    ensure!(
+        std::fs::read_to_string(dir.join("logs/restore.log"))?
+            .contains("Restore finished successfully")
+    );
+    let dmesg_before = std::fs::read_to_string(dir.join("logs/dmesg-before-reboot.txt"))?;
+    let dmesg_after = std::fs::read_to_string(dir.join("logs/dmesg-after-reboot.txt"))?;
+    ensure!(
+        dmesg_before.contains(&old) || dmesg_before.contains("Linux version"),
+        "old boot dmesg"
+    );
+    ensure!(
+        dmesg_after.contains(&new),
+        "new boot dmesg does not name {new}"
+    );
+    check_trace(&std::fs::read_to_string(dir.join("trace/otlp.jsonl"))?)?;
+    eprintln!("happy trip case: {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// One trace id; spans from two boots; the root last, with the earliest start.
+fn check_trace(text: &str) -> Result<()> {
+    let mut trace_ids = std::collections::BTreeSet::new();
+    let mut boots = std::collections::BTreeSet::new();
+    let mut names = Vec::new();
+    let mut root: Option<(usize, u64)> = None;
+    let mut earliest = u64::MAX;
+    for (i, line) in text.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).with_context(|| format!("trace line {i}"))?;
+        let rs = &v["resourceSpans"][0];
+        for a in rs["resource"]["attributes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if a["key"] == "ferry.boot.id" {
+                boots.insert(a["value"]["stringValue"].as_str().unwrap_or("").to_string());
+            }
+        }
+        let span = &rs["scopeSpans"][0]["spans"][0];
+        trace_ids.insert(span["traceId"].as_str().unwrap_or("").to_string());
+        let name = span["name"].as_str().unwrap_or("").to_string();
+        let start: u64 = span["startTimeUnixNano"].as_str().unwrap_or("0").parse()?;
+        earliest = earliest.min(start);
+        if name == "ferry.run" {
+            root = Some((i, start));
+        }
+        names.push(name);
+    }
+    ensure!(
+        trace_ids.len() == 1,
+        "more than one trace id: {trace_ids:?}"
+    );
+    ensure!(
+        boots.len() == 2,
+        "spans should come from two boots: {boots:?}"
+    );
+    for phase in [
+        "preflight",
+        "locate",
+        "upgrade",
+        "kernel",
+        "dump",
+        "prepare-restore",
+        "handoff",
+        "netfilter",
+        "restore",
+        "verify",
+        "collect",
+        "finish",
+    ] {
+        ensure!(
+            names.iter().any(|n| n == phase),
+            "no span for phase {phase}: {names:?}"
+        );
+    }
+    let Some((root_line, root_start)) = root else {
+        bail!("no root span: {names:?}")
+    };
+    ensure!(
+        root_start == earliest,
+        "root span must have the earliest start"
+    );
+    // Only the ship phase (and its commands) may follow the root.
+    for n in &names[root_line + 1..] {
+        ensure!(
+            n == "ship" || n.starts_with("exec "),
+            "span {n} after the root"
+        );
+    }
+    Ok(())
+}
+
+fn extract_bundle(guest: &Guest, remote: &str) -> Result<PathBuf> {
+    let local_dir = guest.work_dir().join(format!(
+        "bundle-{}",
+        Path::new(remote)
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    std::fs::create_dir_all(&local_dir)?;
+    let local = local_dir.join("bundle.tar.gz");
+    guest.copy_from(remote, &local)?;
+    let out = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&local)
+        .arg("-C")
+        .arg(&local_dir)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "GNU tar cannot read the bundle: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(local_dir)
+}
