@@ -301,6 +301,11 @@ if [ "${FERRY_KEEP_OLD_IMAGES:-0}" != 1 ]; then
   for d in "$GUEST_ROOT"/*/; do
     d=${d%/}
     [ "$d" = "$DEST" ] && continue
+    # Test processes hold a shared lock on `complete` while they use an image.
+    if [ -f "$d/complete" ] && ! flock -n -x "$d/complete" true; then
+      log "keeping old image $d: in use"
+      continue
+    fi
     log "removing old image $d"
     rm -rf --one-file-system "$d"
   done

@@ -42,6 +42,24 @@ pub struct GuestImage {
 
 static ENSURED: Mutex<Option<GuestImage>> = Mutex::new(None);
 
+/// `complete` markers of the images this process uses, each held with a shared
+/// `flock` for the life of the process: `build-image.sh` does not delete an
+/// old image another test process still boots from.
+static IN_USE: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+
+fn hold_shared_lock(marker: &Path) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(marker).with_context(|| format!("opening {}", marker.display()))?;
+    // SAFETY: flock on a valid, owned descriptor; no memory is involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("flock(LOCK_SH) on {}", marker.display()));
+    }
+    IN_USE.lock().unwrap_or_else(|p| p.into_inner()).push(f);
+    Ok(())
+}
+
 impl GuestImage {
     /// Path of the build script.
     pub fn build_script() -> PathBuf {
@@ -96,11 +114,14 @@ impl GuestImage {
         Ok(img)
     }
 
-    /// Reads an already built image from its cache dir (`info.env`).
+    /// Reads an already built image from its cache dir (`info.env`) and
+    /// marks it in use by this process (a shared lock on `complete`).
     pub fn from_dir(dir: &Path) -> Result<GuestImage> {
-        if !dir.join("complete").is_file() {
+        let marker = dir.join("complete");
+        if !marker.is_file() {
             bail!("{} is not a complete guest image", dir.display());
         }
+        hold_shared_lock(&marker)?;
         let info_path = dir.join("info.env");
         let text = std::fs::read_to_string(&info_path)
             .with_context(|| format!("reading {}", info_path.display()))?;
