@@ -624,3 +624,30 @@ fn add_path_rejects_bad_input() {
     w.add_bytes("d", b"ok").expect("name d reusable");
     w.finish(json!({})).expect("finish");
 }
+
+#[test]
+fn names_longer_than_100_bytes_survive() {
+    let t = tmp();
+    let long = format!("logs/{}/{}.log", "d".repeat(120), "f".repeat(80));
+    let dest = t.path().join("b.tar.gz");
+    write_bundle(&dest, opts(2), json!({}), |w| {
+        w.add_bytes(&long, b"payload\n")
+    })
+    .expect("bundle");
+    let r = BundleReader::open(&dest).expect("open");
+    assert_eq!(r.entries()[0].path, long);
+    assert_eq!(r.read_file(&long).expect("read"), b"payload\n");
+    assert!(r.verify().expect("verify").is_ok());
+    if have("tar") {
+        let out = Command::new("tar")
+            .arg("-tzf")
+            .arg(&dest)
+            .output()
+            .expect("tar");
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l == long)
+        );
+    }
+}

@@ -46,6 +46,10 @@ const KEYWORDS: [(&str, Kind); 6] = [
 
 /// Longest run of blanks accepted between the parts of a header.
 const MAX_BLANKS: usize = 16;
+/// Upper bound of what a keyword and its context can hold back: the longest
+/// keyword plus the header's quotes, blanks, separator and scheme word
+/// (about 110 bytes), with room to spare.
+const MAX_CONTEXT: usize = 256;
 /// Longest scheme word (`Basic`, `Bearer`, `Digest`, `token`, …) kept visible.
 const MAX_SCHEME: usize = 32;
 
@@ -190,7 +194,31 @@ impl<'m> Redactor<'m> {
         self.count
     }
 
-    /// Feeds the next chunk; writes what is settled to `out`.
+    /// Bytes a caller of [`Redactor::feed`] must be able to hold over:
+    /// the unsettled tail never exceeds this.
+    pub(crate) fn max_unsettled(&self) -> usize {
+        self.m.hold.max(MAX_CONTEXT)
+    }
+
+    /// Zero-copy interface: processes `buf`, writes what is settled to
+    /// `out` and returns how many leading bytes of `buf` were settled. The
+    /// caller presents the rest (at most [`Redactor::max_unsettled`] bytes)
+    /// again at the start of the next call. With `eof` everything is
+    /// settled and the redactor is ready for a new stream.
+    pub(crate) fn feed<S: Sink>(&mut self, buf: &[u8], eof: bool, out: &mut S) -> usize {
+        debug_assert!(self.carry.is_empty());
+        let used = self.run(buf, eof, out);
+        if eof {
+            self.state = State::Normal;
+            self.prev = b'\n';
+        } else {
+            self.note_prev(buf, used);
+        }
+        used
+    }
+
+    /// Feeds the next chunk, keeping the unsettled tail internally; writes
+    /// what is settled to `out`.
     pub(crate) fn push<S: Sink>(&mut self, input: &[u8], out: &mut S) {
         if self.carry.is_empty() {
             let used = self.run(input, false, out);
@@ -460,6 +488,30 @@ mod tests {
         (out, r.count())
     }
 
+    /// Drives `feed` the way the bundle writer does: a fixed buffer, the
+    /// unsettled tail moved to its front before each read.
+    fn redact_fed(m: &Matcher, input: &[u8], read: usize) -> Vec<u8> {
+        let mut r = Redactor::new(m);
+        let mut buf = vec![0u8; read + r.max_unsettled()];
+        let mut out = Vec::new();
+        let (mut have, mut off) = (0, 0);
+        loop {
+            let n = read.min(input.len() - off);
+            buf[have..have + n].copy_from_slice(&input[off..off + n]);
+            off += n;
+            let total = have + n;
+            let eof = off == input.len();
+            let used = r.feed(&buf[..total], eof, &mut out);
+            assert!(total - used <= r.max_unsettled());
+            buf.copy_within(used..total, 0);
+            have = total - used;
+            if eof {
+                assert_eq!(have, 0);
+                return out;
+            }
+        }
+    }
+
     fn redact(secrets: &[&str], input: &str) -> (String, u64) {
         let secrets: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
         let m = Matcher::new(&secrets).expect("matcher");
@@ -612,6 +664,8 @@ mod tests {
                 );
                 assert_eq!(n, whole_n);
             }
+            let fed = redact_fed(&m, &input, (next() % 50) as usize + 1);
+            assert_eq!(fed, whole, "feed of {:?}", String::from_utf8_lossy(&input));
             for s in &secrets {
                 assert!(
                     memchr::memmem::find(&whole, s.as_bytes()).is_none(),

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -82,6 +82,10 @@ enum Segment {
 }
 
 /// Produces an entry's bytes, segment by segment, into a [`Sink`].
+///
+/// Reads go into the caller's buffer after the redactor's unsettled tail,
+/// which is moved to the front first, so file bytes are copied once: from
+/// the buffer into the sink.
 struct Producer<'a> {
     src: Source<'a>,
     segments: &'a [Segment],
@@ -89,6 +93,8 @@ struct Producer<'a> {
     off: u64,
     zeros: u64,
     redactor: Redactor<'a>,
+    /// Unsettled bytes at the front of the buffer.
+    have: usize,
     short_read: bool,
 }
 
@@ -105,6 +111,7 @@ impl<'a> Producer<'a> {
             off,
             zeros: 0,
             redactor: Redactor::new(matcher),
+            have: 0,
             short_read: false,
         }
     }
@@ -117,6 +124,8 @@ impl<'a> Producer<'a> {
     }
 
     /// Produces the next piece; `false` once everything has been produced.
+    /// `buf` must be the same buffer on every call, longer than
+    /// `Redactor::max_unsettled`.
     fn step<S: Sink>(&mut self, buf: &mut [u8], sink: &mut S) -> io::Result<bool> {
         if self.zeros > 0 {
             let n = self.zeros.min(ZEROS.len() as u64) as usize;
@@ -127,99 +136,75 @@ impl<'a> Producer<'a> {
         let Some(seg) = self.segments.get(self.seg) else {
             return Ok(false);
         };
-        match seg {
+        let end = match seg {
             Segment::Marker(m) => {
                 sink.put(m);
                 self.advance();
+                return Ok(true);
             }
-            Segment::Range { end, .. } => {
-                let end = *end;
-                if self.off < end {
-                    let want = (end - self.off).min(buf.len() as u64) as usize;
-                    let n = self.src.read_at(&mut buf[..want], self.off)?;
-                    if n == 0 {
-                        // The file shrank since it was measured: the
-                        // missing bytes become NULs so the size holds.
-                        self.redactor.finish(sink);
-                        self.zeros = end - self.off;
-                        self.short_read = true;
-                        self.advance();
-                    } else {
-                        self.redactor.push(&buf[..n], sink);
-                        self.off += n as u64;
-                    }
-                } else {
-                    self.redactor.finish(sink);
-                    self.advance();
-                }
-            }
+            Segment::Range { end, .. } => *end,
+        };
+        if self.off >= end {
+            self.redactor.feed(&buf[..self.have], true, sink);
+            self.have = 0;
+            self.advance();
+            return Ok(true);
+        }
+        let room = buf.len() - self.have;
+        let want = (end - self.off).min(room as u64) as usize;
+        let n = self
+            .src
+            .read_at(&mut buf[self.have..self.have + want], self.off)?;
+        if n == 0 {
+            // The file shrank since it was measured: the missing bytes
+            // become NULs so the entry keeps the measured size.
+            self.redactor.feed(&buf[..self.have], true, sink);
+            self.have = 0;
+            self.zeros = end - self.off;
+            self.short_read = true;
+            self.advance();
+            return Ok(true);
+        }
+        self.off += n as u64;
+        let total = self.have + n;
+        let eof = self.off == end;
+        let used = self.redactor.feed(&buf[..total], eof, sink);
+        buf.copy_within(used..total, 0);
+        self.have = total - used;
+        if eof {
+            self.advance();
         }
         Ok(true)
     }
 }
 
-/// The second pass: a `Read` of exactly `remaining` bytes, hashed as they
-/// are handed to tar.
-struct EntryReader<'a, 'b> {
-    producer: Producer<'a>,
-    buf: &'b mut [u8],
-    staged: Vec<u8>,
-    staged_pos: usize,
-    remaining: u64,
+/// The second pass's sink: hashes and compresses exactly `remaining`
+/// bytes; anything beyond is counted as excess and dropped.
+struct EntrySink<'g, W: Write> {
+    gz: &'g mut GzBlockWriter<W>,
     hasher: Sha256,
-    padded: bool,
-    failed: bool,
+    remaining: u64,
+    excess: bool,
+    error: Option<io::Error>,
 }
 
-impl Read for EntryReader<'_, '_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.remaining == 0 || out.is_empty() {
-            return Ok(0);
-        }
-        while self.staged_pos == self.staged.len() {
-            self.staged.clear();
-            self.staged_pos = 0;
-            match self.producer.step(self.buf, &mut self.staged) {
-                Ok(true) => {}
-                Ok(false) => {
-                    // Produced less than the first pass measured: pad.
-                    self.padded = true;
-                    let n = out
-                        .len()
-                        .min(self.remaining.min(ZEROS.len() as u64) as usize);
-                    out[..n].copy_from_slice(&ZEROS[..n]);
-                    self.hasher.update(&out[..n]);
-                    self.remaining -= n as u64;
-                    return Ok(n);
-                }
-                Err(e) => {
-                    self.failed = true;
-                    return Err(e);
-                }
-            }
-        }
-        let avail = &self.staged[self.staged_pos..];
-        let n = out
+impl<W: Write> Sink for EntrySink<'_, W> {
+    fn put(&mut self, bytes: &[u8]) {
+        let take = bytes
             .len()
-            .min(avail.len())
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-        out[..n].copy_from_slice(&avail[..n]);
-        self.hasher.update(&out[..n]);
-        self.staged_pos += n;
-        self.remaining -= n as u64;
-        Ok(n)
-    }
-}
-
-impl EntryReader<'_, '_> {
-    /// After the entry is written: did the source yield more than was
-    /// measured? (Runs the rest of the pipeline without keeping it.)
-    fn had_excess(&mut self) -> io::Result<bool> {
-        let mut excess = self.staged_pos < self.staged.len();
-        let mut c = Counter::default();
-        while self.producer.step(self.buf, &mut c)? {}
-        excess |= c.0 > 0;
-        Ok(excess)
+        if take < bytes.len() {
+            self.excess = true;
+        }
+        if take == 0 || self.error.is_some() {
+            return;
+        }
+        let bytes = &bytes[..take];
+        self.hasher.update(bytes);
+        if let Err(e) = self.gz.write_all(bytes) {
+            self.error = Some(e);
+        }
+        self.remaining -= take as u64;
     }
 }
 
@@ -241,14 +226,16 @@ impl<W: Write> BundleWriter<W> {
         let mut tar = tar::Builder::new(gz);
         tar.mode(tar::HeaderMode::Deterministic);
         tar.follow_symlinks(false);
+        let matcher = Matcher::new(&options.secrets)?;
+        let buf_len = READ_CHUNK + Redactor::new(&matcher).max_unsettled();
         Ok(BundleWriter {
             tar,
-            matcher: Matcher::new(&options.secrets)?,
+            matcher,
             max_file_bytes: options.max_file_bytes,
             files: Vec::new(),
             skipped: Vec::new(),
             names: HashSet::new(),
-            buf: vec![0; READ_CHUNK],
+            buf: vec![0; buf_len],
             broken: None,
         })
     }
@@ -473,39 +460,66 @@ impl<W: Write> BundleWriter<W> {
         let size = counter.0;
         let short_first = sizing.short_read;
 
-        // Pass 2: stream it, hashing what is written.
+        // Pass 2: the header (tar writes a GNU long-name entry first if the
+        // name needs one; with an empty reader it writes no data and no
+        // padding), then the data straight into the compressor.
         let mut header = file_header(size);
-        let mut reader = EntryReader {
-            producer: Producer::new(src, &segments, matcher),
-            buf,
-            staged: Vec::with_capacity(READ_CHUNK + 1024),
-            staged_pos: 0,
-            remaining: size,
+        if let Err(e) = tar.append_data(&mut header, &name, io::empty()) {
+            *broken = Some(format!("writing the header of {name:?} failed: {e}"));
+            return Err(BundleError::Output { source: e });
+        }
+        let mut sink = EntrySink {
+            gz: tar.get_mut(),
             hasher: Sha256::new(),
-            padded: false,
-            failed: false,
+            remaining: size,
+            excess: false,
+            error: None,
         };
-        if let Err(e) = tar.append_data(&mut header, &name, &mut reader) {
+        let mut producer = Producer::new(src, &segments, matcher);
+        let mut failure: Option<BundleError> = None;
+        loop {
+            match producer.step(buf, &mut sink) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    failure = Some(BundleError::io("read", path, e));
+                    break;
+                }
+            }
+            if let Some(e) = sink.error.take() {
+                failure = Some(BundleError::Output { source: e });
+                break;
+            }
+        }
+        // Produced less than the first pass measured: pad with NULs.
+        let padded = sink.remaining > 0;
+        while failure.is_none() && sink.remaining > 0 {
+            let n = sink.remaining.min(ZEROS.len() as u64) as usize;
+            sink.put(&ZEROS[..n]);
+            if let Some(e) = sink.error.take() {
+                failure = Some(BundleError::Output { source: e });
+            }
+        }
+        let block_pad = ((512 - size % 512) % 512) as usize;
+        if failure.is_none()
+            && let Err(e) = sink.gz.write_all(&ZEROS[..block_pad])
+        {
+            failure = Some(BundleError::Output { source: e });
+        }
+        if let Some(e) = failure {
             *broken = Some(format!(
                 "adding {name:?} from {} failed: {e}",
                 path.display()
             ));
-            return Err(if reader.failed {
-                BundleError::io("read", path, e)
-            } else {
-                BundleError::Output { source: e }
-            });
+            return Err(e);
         }
-        let excess = reader
-            .had_excess()
-            .map_err(|e| BundleError::io("read", path, e))?;
-        let changed = short_first || reader.producer.short_read || reader.padded || excess;
+        let changed = short_first || producer.short_read || padded || sink.excess;
         files.push(FileEntry {
             path: name,
             size,
-            sha256: hex::encode(reader.hasher.finalize()),
+            sha256: hex::encode(sink.hasher.finalize()),
             truncated,
-            redacted: reader.producer.redactor.count(),
+            redacted: producer.redactor.count(),
             source_size: len,
             changed_while_read: changed,
         });
