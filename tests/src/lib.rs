@@ -12,6 +12,7 @@
 mod guest;
 mod image;
 mod session;
+pub mod trip;
 pub mod util;
 
 pub use guest::{

@@ -9,54 +9,24 @@
 //!    the new kernel, echoes input, and `ferry upgrade` returns 0 there.
 //!
 //! Gated by `FERRY_GUEST_TESTS=1`; the ferry binary comes from `FERRY_BIN`
-//! or the workspace's target/release (build it first).
+//! or the workspace's target/release (`./lab test` builds it).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use ferry_tests::util::shell_quote;
+use ferry_tests::trip::{fetch_bundle, find_bundle, install_ferry, session_script};
 use ferry_tests::{BootOptions, Guest, GuestImage, Session, guest_tests_enabled};
 use serde_json::Value;
-
-fn ferry_bin() -> Result<PathBuf> {
-    if let Ok(p) = std::env::var("FERRY_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let release = root.join("target/release/ferry");
-    ensure!(
-        release.is_file(),
-        "no ferry binary at {}: run `cargo build --release -p ferry` first or set FERRY_BIN",
-        release.display()
-    );
-    Ok(release)
-}
-
-/// The session: ticks with the kernel every second, echoes what it is
-/// sent, and runs `ferry upgrade` in the foreground.
-fn session_script(ferry_env: &str, ferry_args: &str) -> String {
-    let script = format!(
-        "exec 3<&0\n\
-         (while :; do echo \"tick $(date +%T) $(uname -r)\"; sleep 1; done) &\n\
-         (while :; do if read -r -t 1 -u 3 l; then echo \"echo:$l\"; fi; done) &\n\
-         {ferry_env} ferry upgrade {ferry_args}; echo \"FERRY-EXIT=$? $(uname -r)\"\n\
-         wait\n"
-    );
-    format!("bash -c {}", shell_quote(&script))
-}
 
 #[test]
 fn trip() -> Result<()> {
     if !guest_tests_enabled("trip") {
         return Ok(());
     }
-    let ferry = ferry_bin()?;
     let image = GuestImage::ensure()?;
     let guest = Guest::boot(&image, BootOptions::named("trip"))?;
     guest.wait_ssh(Duration::from_secs(300))?;
-    guest.copy_to(&ferry, "/usr/local/bin/ferry")?;
-    guest.ssh_ok("chmod 755 /usr/local/bin/ferry && ferry --version")?;
+    install_ferry(&guest)?;
 
     if std::env::var("SKIP_FAIL").is_err() {
         failing_dump(&guest)
@@ -98,14 +68,7 @@ fn failing_dump(guest: &Guest) -> Result<()> {
     );
     session.kill();
 
-    let bundles = guest.ssh_ok("ls /var/lib/ferry/bundles/")?;
-    let name = bundles
-        .lines()
-        .find(|l| l.contains("-dump-called_off.tar.gz"))
-        .with_context(|| format!("no failure bundle among: {bundles}"))?
-        .trim()
-        .to_string();
-    let dir = extract_bundle(guest, &format!("/var/lib/ferry/bundles/{name}"))?;
+    let (_, dir) = fetch_bundle(guest, &find_bundle(guest, "-dump-called_off.tar.gz")?)?;
     let dump_log = std::fs::read_to_string(dir.join("logs/dump.log"))?;
     ensure!(
         dump_log.contains("Can't lookup mount"),
@@ -212,14 +175,7 @@ fn happy_trip(guest: &Guest) -> Result<()> {
     );
 
     // The bundle: evidence of both boots under one trace.
-    let bundles = guest.ssh_ok("ls /var/lib/ferry/bundles/")?;
-    let name = bundles
-        .lines()
-        .find(|l| l.contains("-succeeded.tar.gz"))
-        .with_context(|| format!("no success bundle among: {bundles}"))?
-        .trim()
-        .to_string();
-    let dir = extract_bundle(guest, &format!("/var/lib/ferry/bundles/{name}"))?;
+    let (_, dir) = fetch_bundle(guest, &find_bundle(guest, "-succeeded.tar.gz")?)?;
     for f in [
         "logs/dump.log",
         "logs/restore.log",
@@ -321,29 +277,4 @@ fn check_trace(text: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn extract_bundle(guest: &Guest, remote: &str) -> Result<PathBuf> {
-    let local_dir = guest.work_dir().join(format!(
-        "bundle-{}",
-        Path::new(remote)
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    std::fs::create_dir_all(&local_dir)?;
-    let local = local_dir.join("bundle.tar.gz");
-    guest.copy_from(remote, &local)?;
-    let out = std::process::Command::new("tar")
-        .arg("-xzf")
-        .arg(&local)
-        .arg("-C")
-        .arg(&local_dir)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "GNU tar cannot read the bundle: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(local_dir)
 }

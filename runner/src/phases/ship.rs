@@ -1,0 +1,75 @@
+//! `ship`: the run's evidence as one tar.gz bundle, put into the backend.
+
+use ferry_uploaders::{Backend, BundleOptions, DirBackend, bundle_name, write_bundle};
+use serde_json::json;
+
+use super::{Ctx, PhaseError};
+
+/// Write the bundle into the run directory, then put it into the `dir`
+/// backend; returns where it landed.
+pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<String, PhaseError> {
+    let stage = ctx
+        .state
+        .phases
+        .iter()
+        .rev()
+        .find(|p| !["collect", "finish", "ship"].contains(&p.name.as_str()))
+        .map(|p| p.name.clone())
+        .unwrap_or_else(|| "run".into());
+    let name = bundle_name(&ctx.state.host, &ctx.state.run_id, &stage, result);
+    let local_dir = ctx.run.root.join("bundle");
+    std::fs::create_dir_all(&local_dir).map_err(|e| {
+        PhaseError::new(
+            "bundle",
+            format!("cannot create {}: {e}", local_dir.display()),
+        )
+    })?;
+    let path = local_dir.join(&name);
+    let options = BundleOptions {
+        secrets: crate::config::secret_values(&|k| std::env::var(k).ok()),
+        max_file_bytes: Some(ctx.config.ship.max_file_mib * 1024 * 1024),
+        ..BundleOptions::default()
+    };
+    let manifest = write_bundle(&path, options, run_meta(ctx, result), |w| {
+        w.add_path("state.json", &ctx.run.state_file())?;
+        w.add_dir("logs", &ctx.run.logs())?;
+        w.add_dir("firewall", &ctx.run.firewall())?;
+        if ctx.run.trace_file().exists() {
+            w.add_path("trace/otlp.jsonl", &ctx.run.trace_file())?;
+        }
+        Ok(())
+    })
+    .map_err(|e| PhaseError::new("bundle", e.to_string()))?;
+    tracing::debug!(files = manifest.files.len(), "bundle written");
+    let backend = DirBackend::new(&ctx.config.ship.dir)
+        .map_err(|e| PhaseError::new("ship_dir", e.to_string()))?;
+    let receipt = backend
+        .put(&name, &path)
+        .map_err(|e| PhaseError::new("ship_dir", e.to_string()))?;
+    tracing::info!(bundle = %receipt.location, size = receipt.size, "bundle shipped");
+    Ok(receipt.location)
+}
+
+/// What the manifest says about the run.
+fn run_meta(ctx: &Ctx<'_>, result: &str) -> serde_json::Value {
+    let phases: Vec<_> = ctx
+        .state
+        .phases
+        .iter()
+        .map(|p| {
+            json!({"name": p.name, "result": p.result, "boot_id": p.boot_id,
+                   "start_unix_nano": p.start_unix_nano, "end_unix_nano": p.end_unix_nano,
+                   "error": p.error, "error_type": p.error_type})
+        })
+        .collect();
+    json!({
+        "run_id": ctx.state.run_id,
+        "host": ctx.state.host,
+        "result": result,
+        "trace_id": ctx.state.trace_id,
+        "kernel_before": ctx.state.kernel_before,
+        "kernel_after": ctx.state.kernel_after,
+        "boot_ids": ctx.state.boot_ids,
+        "phases": phases,
+    })
+}
