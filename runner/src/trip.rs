@@ -199,7 +199,11 @@ fn wait_for_outcome(run: &RunDir, unit: &str) -> Result<Outcome, TripError> {
         }
         if !frozen_soon {
             let state = run.load()?;
-            for p in state.phases.iter().filter(|p| p.result != PhaseResult::Running) {
+            for p in state
+                .phases
+                .iter()
+                .filter(|p| p.result != PhaseResult::Running)
+            {
                 if !printed.iter().any(|(n, r)| n == &p.name && *r == p.result) {
                     printed.push((p.name.clone(), p.result));
                     eprintln!("{}", phase_line(p));
