@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Bundling benchmark: ferry's bundle writer against `tar czf` (gzip -6) and
-# `tar -I pigz -cf` on the same generated CRIU -v4 log, in the same run.
+# `tar -I pigz -cf` on the same generated CRIU -v4 log, in the same run,
+# plus the starting point: the tar crate over flate2's GzEncoder (zlib-rs,
+# level 6, one thread; `bundle_bench --baseline`).
 #
 #   bench/bundle.sh [SIZE_MIB] [RUNS]        (defaults: 256 MiB, 5 runs)
 #
@@ -55,10 +57,11 @@ FERRY_ARGS=()
 [ -n "${FERRY_THREADS:-}" ] && FERRY_ARGS+=(--threads "$FERRY_THREADS")
 [ -n "${FERRY_LEVEL:-}" ] && FERRY_ARGS+=(--level "$FERRY_LEVEL")
 
-TOOLS=(ferry pigz tar-czf)
+TOOLS=(ferry pigz tar-czf flate2-baseline)
 command_of() { # tool -> the command, in CMD
     case $1 in
     ferry) CMD=("$BIN/bundle_bench" "${FERRY_ARGS[@]}" "$WORK/ferry.tar.gz" "$WORK/$LOG") ;;
+    flate2-baseline) CMD=("$BIN/bundle_bench" --baseline "$WORK/flate2-baseline.tar.gz" "$WORK/$LOG") ;;
     pigz) CMD=(tar -I pigz -cf "$WORK/pigz.tar.gz" -C "$WORK" "$LOG") ;;
     tar-czf) CMD=(tar czf "$WORK/tar-czf.tar.gz" -C "$WORK" "$LOG") ;;
     esac

@@ -9,6 +9,11 @@
 //! Prints one `key=value` line: input bytes, output bytes, seconds, MiB/s
 //! (of input), and with `--verify` the time `BundleReader` takes to open and
 //! verify the result.
+//!
+//! `--baseline` instead writes the plain `tar` crate archive through
+//! flate2's `GzEncoder` (zlib-rs backend, one thread, one gzip member) at
+//! `--level`, with no redaction, hashing or manifest: the starting point
+//! the bundle writer is measured against.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,6 +37,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ..BundleOptions::default()
     };
     let mut verify = false;
+    let mut baseline = false;
     let mut paths: Vec<PathBuf> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -42,6 +48,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--block-kib" => opts.block_size = value("--block-kib")?.parse::<usize>()? << 10,
             "--secret" => opts.secrets.push(value("--secret")?),
             "--verify" => verify = true,
+            "--baseline" => baseline = true,
             _ if a.starts_with("--") => return Err(format!("unknown option {a}").into()),
             _ => paths.push(PathBuf::from(a)),
         }
@@ -54,6 +61,29 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()))
         .sum::<Result<u64, _>>()?;
+
+    if baseline {
+        let start = Instant::now();
+        let file = std::fs::File::create(&out)?;
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::new(opts.level));
+        let mut tar = tar::Builder::new(gz);
+        tar.mode(tar::HeaderMode::Deterministic);
+        for p in &paths {
+            let name = Path::new(p)
+                .file_name()
+                .ok_or("input without a file name")?;
+            tar.append_path_with_name(p, Path::new("logs").join(name))?;
+        }
+        tar.into_inner()?.finish()?.sync_all()?;
+        let secs = start.elapsed().as_secs_f64();
+        let output = std::fs::metadata(&out)?.len();
+        println!(
+            "engine=flate2-baseline level={} input_bytes={input} output_bytes={output} seconds={secs:.3} mib_per_s={:.1}",
+            opts.level,
+            input as f64 / (1 << 20) as f64 / secs
+        );
+        return Ok(());
+    }
 
     let start = Instant::now();
     let manifest = write_bundle(

@@ -651,3 +651,30 @@ fn names_longer_than_100_bytes_survive() {
         );
     }
 }
+
+/// `/proc` and `/sys` files report sizes (0, 4096) unrelated to their
+/// content; they must be stored whole, not as nothing or NUL-padded.
+#[test]
+fn proc_and_sys_files_are_read_whole() {
+    let mut w = BundleWriter::new(Vec::new(), opts(1)).expect("writer");
+    w.add_path("proc/status", Path::new("/proc/self/status"))
+        .expect("proc");
+    let sys = Path::new("/sys/devices/system/cpu/online");
+    let has_sys = sys.exists();
+    if has_sys {
+        w.add_path("sys/online", sys).expect("sys");
+    }
+    let (gz, m) = w.finish(json!({})).expect("finish");
+    let t = tmp();
+    let dest = t.path().join("b.tar.gz");
+    fs::write(&dest, gz).expect("write");
+    let r = BundleReader::open(&dest).expect("open");
+    let status = String::from_utf8(r.read_file("proc/status").expect("read")).expect("utf8");
+    assert!(status.starts_with("Name:"), "{status:?}");
+    assert!(!m.files[0].changed_while_read);
+    if has_sys {
+        let online = r.read_file("sys/online").expect("read");
+        assert!(!online.is_empty() && !online.contains(&0), "{online:?}");
+        assert!(!m.files[1].changed_while_read);
+    }
+}

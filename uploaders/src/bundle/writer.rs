@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -29,6 +29,38 @@ const READ_CHUNK: usize = 256 << 10;
 const MAX_DEPTH: usize = 64;
 
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
+/// Most read from a file whose size `fstat` cannot tell (see
+/// `BundleWriter::add_file`).
+pub const SLURP_LIMIT: u64 = 64 << 20;
+
+/// Filesystems whose files' `st_size` says nothing about their content:
+/// proc, sysfs, cgroup, cgroup2, debugfs, tracefs, securityfs, pstore,
+/// configfs, bpf, efivarfs.
+const PSEUDO_FS: [i64; 11] = [
+    0x9fa0,
+    0x6265_6572,
+    0x0027_e0eb,
+    0x6367_7270,
+    0x6462_6720,
+    0x7472_6163,
+    0x7363_6673,
+    0x6165_676c,
+    0x6265_6570,
+    0xcafe_4a11,
+    0xde5e_81e4,
+];
+
+fn on_pseudo_fs(file: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: statfs is plain data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and a pointer to a live statfs.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs by target
+    let fs_type = st.f_type as i64;
+    rc == 0 && PSEUDO_FS.contains(&fs_type)
+}
 
 /// Writes a bundle: a tar archive (deterministic headers, regular files
 /// only, `manifest.json` last) compressed as multi-member gzip.
@@ -273,14 +305,21 @@ impl<W: Write> BundleWriter<W> {
                 return Err(e);
             }
         };
-        self.add_source(name, Source::File(&file), path)
+        self.add_file(name, &file, path)
     }
 
     /// Adds `data` as `name`.
     pub fn add_bytes(&mut self, name: &str, data: &[u8]) -> Result<()> {
         self.check_usable()?;
         let name = self.claim_name(name)?;
-        self.add_source(name, Source::Bytes(data), Path::new("<in-memory data>"))
+        let len = data.len() as u64;
+        self.add_measured(
+            name,
+            Source::Bytes(data),
+            len,
+            Path::new("<in-memory data>"),
+            false,
+        )
     }
 
     /// Adds every regular file under `dir`, recursively, as
@@ -348,7 +387,7 @@ impl<W: Write> BundleWriter<W> {
                 }
                 let name = self.claim_name(&name)?;
                 match open_regular(&path) {
-                    Ok(file) => self.add_source(name, Source::File(&file), &path)?,
+                    Ok(file) => self.add_file(name, &file, &path)?,
                     Err(e) => {
                         self.names.remove(&name);
                         let reason = match e {
@@ -422,22 +461,43 @@ impl<W: Write> BundleWriter<W> {
         Ok(name)
     }
 
-    fn add_source(&mut self, name: String, src: Source<'_>, path: &Path) -> Result<()> {
-        let len = match src {
-            Source::File(f) => match f.metadata() {
-                Ok(m) => m.len(),
-                Err(e) => {
-                    self.names.remove(&name);
-                    return Err(BundleError::io("stat", path, e));
-                }
-            },
-            Source::Bytes(b) => b.len() as u64,
+    /// Adds an open regular file. Files of `/proc`, `/sys` and similar
+    /// report a size (0, 4096) unrelated to their content, and an empty
+    /// file may be a pipe-like pseudo file: those are read whole into memory
+    /// (at most [`SLURP_LIMIT`]) instead of trusting `fstat`.
+    fn add_file(&mut self, name: String, file: &File, path: &Path) -> Result<()> {
+        let len = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                self.names.remove(&name);
+                return Err(BundleError::io("stat", path, e));
+            }
         };
-        self.add_measured(name, src, len, path)
+        if len == 0 || on_pseudo_fs(file) {
+            let mut data = Vec::new();
+            if let Err(e) = file.take(SLURP_LIMIT + 1).read_to_end(&mut data) {
+                self.names.remove(&name);
+                return Err(BundleError::io("read", path, e));
+            }
+            let over = data.len() as u64 > SLURP_LIMIT;
+            data.truncate(SLURP_LIMIT as usize);
+            let n = data.len() as u64;
+            return self.add_measured(name, Source::Bytes(&data), n, path, over);
+        }
+        self.add_measured(name, Source::File(file), len, path, false)
     }
 
     /// Stores exactly the `len` bytes measured at open (before the cap).
-    fn add_measured(&mut self, name: String, src: Source<'_>, len: u64, path: &Path) -> Result<()> {
+    /// `cut` marks a source that was already cut short (a pseudo file over
+    /// [`SLURP_LIMIT`]).
+    fn add_measured(
+        &mut self,
+        name: String,
+        src: Source<'_>,
+        len: u64,
+        path: &Path,
+        cut: bool,
+    ) -> Result<()> {
         let BundleWriter {
             tar,
             matcher,
@@ -518,7 +578,7 @@ impl<W: Write> BundleWriter<W> {
             path: name,
             size,
             sha256: hex::encode(sink.hasher.finalize()),
-            truncated,
+            truncated: truncated || cut,
             redacted: producer.redactor.count(),
             source_size: len,
             changed_while_read: changed,
@@ -698,6 +758,7 @@ mod tests {
             Source::Bytes(&data),
             100,
             Path::new("shrunk.log"),
+            false,
         )
         .expect("add");
         let (gz, m) = w.finish(serde_json::json!({})).expect("finish");
