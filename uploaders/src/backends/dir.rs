@@ -537,6 +537,54 @@ mod tests {
         assert!(!t.path().join("o").exists());
     }
 
+    /// Racing puts of one key: equal content all succeed with one object;
+    /// different content never replaces what landed first.
+    #[test]
+    fn concurrent_puts_of_one_key() {
+        let (t, b) = setup();
+        let b = std::sync::Arc::new(b);
+        for round in 0..10 {
+            let key = format!("race/{round}");
+            let srcs: Vec<PathBuf> = (0..4)
+                .map(|i| {
+                    let p = t.path().join(format!("src-{round}-{i}"));
+                    // Threads 0 and 1 put the same bytes, 2 and 3 others.
+                    write(&p, format!("content {}", i / 2).as_bytes());
+                    p
+                })
+                .collect();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let handles: Vec<_> = srcs
+                .into_iter()
+                .map(|src| {
+                    let (b, key, barrier) = (b.clone(), key.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        b.put(&key, &src)
+                    })
+                })
+                .collect();
+            let results: Vec<_> = handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect();
+            let stored = fs::read(b.root().join(&key)).expect("stored");
+            for r in &results {
+                match r {
+                    Ok(receipt) => assert_eq!(receipt.sha256, hex::encode(Sha256::digest(&stored))),
+                    Err(e) => assert_eq!(e.kind(), ErrorKind::Conflict, "{e}"),
+                }
+            }
+            assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 2);
+            let names: Vec<_> = fs::read_dir(b.root().join("race"))
+                .expect("ls")
+                .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+                .filter(|n| n.starts_with(TMP_PREFIX))
+                .collect();
+            assert!(names.is_empty(), "temp files left: {names:?}");
+        }
+    }
+
     #[test]
     fn temp_files_are_not_listed() {
         let (t, b) = setup();
