@@ -58,6 +58,9 @@ pub struct CommandSpec {
     pub timeout: Option<Duration>,
     /// What to tell the user when the program is missing.
     pub missing_hint: Option<String>,
+    /// Keep all of stdout in memory (firewall rules, journals), not only
+    /// its tail; stdout then stays out of the command's log file.
+    pub full_stdout: bool,
 }
 
 impl CommandSpec {
@@ -89,6 +92,10 @@ impl CommandSpec {
     }
     pub fn timeout(mut self, t: Duration) -> Self {
         self.timeout = Some(t);
+        self
+    }
+    pub fn full_stdout(mut self) -> Self {
+        self.full_stdout = true;
         self
     }
     pub fn missing_hint(mut self, h: impl Into<String>) -> Self {
@@ -211,7 +218,7 @@ impl Runner for SystemRunner {
             "exec",
             otel.name = %format!("{}{program_name}", names::SPAN_EXEC_PREFIX),
             process.executable.name = %program_name,
-            process.command_args = %command,
+            process.command_line = %command,
             process.pid = Empty,
             process.exit.code = Empty,
             ferry.output.tail = Empty,
@@ -235,6 +242,8 @@ impl Runner for SystemRunner {
         if let Some(tp) = telemetry::child_traceparent(&self.spans) {
             cmd.env("TRACEPARENT", tp);
         }
+        // Its own process group, so a timeout kills `sh -c`'s children too.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(|source| {
             span.record("error.type", "spawn");
@@ -268,14 +277,18 @@ impl Runner for SystemRunner {
         {
             let _ = writeln!(f, "$ {command}");
         }
-        let out_reader = child
-            .stdout
-            .take()
-            .map(|r| spawn_reader(r, log.clone(), self.secrets.clone()));
+        let out_reader = child.stdout.take().map(|r| {
+            spawn_reader(
+                r,
+                (!spec.full_stdout).then(|| log.clone()),
+                self.secrets.clone(),
+                spec.full_stdout,
+            )
+        });
         let err_reader = child
             .stderr
             .take()
-            .map(|r| spawn_reader(r, log.clone(), self.secrets.clone()));
+            .map(|r| spawn_reader(r, Some(log.clone()), self.secrets.clone(), false));
 
         let status = loop {
             match child.try_wait() {
@@ -286,6 +299,8 @@ impl Runner for SystemRunner {
             if let Some(limit) = spec.timeout
                 && started.elapsed() > limit
             {
+                // SAFETY: kill(2) on the group we created; no memory involved.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                 let _ = child.kill();
                 let _ = child.wait();
                 span.record("error.type", "timeout");
@@ -333,8 +348,9 @@ fn last_lines(s: &str, n: usize) -> String {
 
 fn spawn_reader<R: Read + Send + 'static>(
     mut reader: R,
-    log: Arc<Mutex<Option<std::fs::File>>>,
+    log: Option<Arc<Mutex<Option<std::fs::File>>>>,
     secrets: Vec<String>,
+    keep_all: bool,
 ) -> std::thread::JoinHandle<String> {
     std::thread::spawn(move || {
         let mut kept: Vec<u8> = Vec::new();
@@ -344,13 +360,14 @@ fn spawn_reader<R: Read + Send + 'static>(
         let mut buf = [0u8; 16 * 1024];
         let flush = |line: &mut Vec<u8>, kept: &mut Vec<u8>| {
             let text = redact_all(&String::from_utf8_lossy(line), &secrets);
-            if let Ok(mut guard) = log.lock()
+            if let Some(log) = &log
+                && let Ok(mut guard) = log.lock()
                 && let Some(f) = guard.as_mut()
             {
                 let _ = f.write_all(text.as_bytes());
             }
             kept.extend_from_slice(text.as_bytes());
-            if kept.len() > 2 * TAIL_BYTES {
+            if !keep_all && kept.len() > 2 * TAIL_BYTES {
                 kept.drain(..kept.len() - TAIL_BYTES);
             }
             line.clear();
@@ -418,6 +435,45 @@ mod tests {
         let log = std::fs::read_to_string(out.log_file.unwrap()).unwrap();
         assert!(log.starts_with("$ sh -c echo token=[REDACTED]"), "{log}");
         assert!(!log.contains("s3cr3t-value"), "{log}");
+    }
+
+    #[test]
+    fn full_stdout_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        // 200k lines of 10 bytes: far beyond the kept tail.
+        let out = runner(dir.path())
+            .run(
+                &CommandSpec::new("sh")
+                    .args(["-c", "seq 1000001 1200000"])
+                    .full_stdout(),
+            )
+            .unwrap();
+        assert_eq!(out.stdout.lines().count(), 200_000);
+        assert!(out.stdout.starts_with("1000001\n"));
+        let tail = runner(dir.path())
+            .run(&CommandSpec::new("sh").args(["-c", "seq 1000001 1200000"]))
+            .unwrap();
+        assert!(tail.stdout.len() <= 2 * TAIL_BYTES);
+    }
+
+    #[test]
+    fn timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let script = format!("(sleep 2; touch {}) & sleep 30", marker.display());
+        let err = runner(dir.path())
+            .run(
+                &CommandSpec::new("sh")
+                    .args(["-c", &script])
+                    .timeout(Duration::from_millis(300)),
+            )
+            .unwrap_err();
+        assert!(matches!(err, ExecError::Timeout { .. }));
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            !marker.exists(),
+            "a child of the timed-out command kept running"
+        );
     }
 
     #[test]

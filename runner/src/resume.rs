@@ -21,7 +21,7 @@ fn load(
     telemetry: &Telemetry,
 ) -> Result<(Config, crate::state::RunState, SystemRunner), TripError> {
     let mut state = run.load()?;
-    let config: Config = serde_json::from_value(state.plan.clone()).unwrap_or_default();
+    let config = crate::trip::plan_of(run, &state)?;
     let boot = crate::host::boot_id();
     if !state.boot_ids.contains(&boot) {
         state.boot_ids.push(boot);
@@ -104,7 +104,15 @@ pub fn resume(run: &RunDir, telemetry: &Telemetry) -> Result<i32, TripError> {
     if let Err(e) = started {
         tracing::warn!(error = %e, "cannot start the finisher unit; finishing in this process");
         drop(ctx);
-        finish(run, telemetry)?;
+        // This process is the session's lifeline: whatever the finisher
+        // does, it must come back here and wait.
+        let finished =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| finish(run, telemetry)));
+        if !matches!(finished, Ok(Ok(_))) {
+            tracing::error!(
+                "finishing the run failed; the session lives on, its bundle is missing"
+            );
+        }
     }
     // Live as long as the session does.
     let status = handle

@@ -171,6 +171,12 @@ impl RunDir {
     pub fn outcome_file(&self) -> PathBuf {
         self.root.join("outcome.json")
     }
+    /// Created (as an empty directory, so no fd is ever held) by the
+    /// foreground once it has stopped reading the run directory; the dump
+    /// waits for it.
+    pub fn foreground_ack(&self) -> PathBuf {
+        self.root.join("foreground-quiet")
+    }
     pub fn images(&self) -> PathBuf {
         self.root.join("images")
     }

@@ -112,7 +112,12 @@ pub fn upgrade(
             error_type: None,
         }],
         session: None,
-        plan: serde_json::to_value(config).unwrap_or_default(),
+        plan: serde_json::to_value(config).map_err(|e| {
+            TripError::Phase(PhaseError::new(
+                "state",
+                format!("cannot record the configuration: {e}"),
+            ))
+        })?,
         handoff: Handoff::default(),
         worker_pid: None,
         outcome: None,
@@ -191,6 +196,7 @@ fn wait_for_outcome(run: &RunDir, unit: &str) -> Result<Outcome, TripError> {
         .collect();
     let mut frozen_soon = false;
     let mut missing_worker = 0;
+    let waiting_since = std::time::Instant::now();
     loop {
         if std::fs::metadata(run.outcome_file()).is_ok()
             && let Some(outcome) = run.load_outcome()?
@@ -213,7 +219,15 @@ fn wait_for_outcome(run: &RunDir, unit: &str) -> Result<Outcome, TripError> {
             // nothing more from the run directory (see module docs).
             if state.phase("dump").is_some() {
                 frozen_soon = true;
+                let _ = std::fs::create_dir(run.foreground_ack());
                 eprintln!("ferry: dump: checkpointing the session; it goes on after the reboot");
+            } else if state.worker_pid.is_none()
+                && waiting_since.elapsed() > Duration::from_secs(120)
+            {
+                return Err(TripError::WorkerLost {
+                    unit: unit.into(),
+                    log: run.logs().join("ferry.log"),
+                });
             } else if let Some(pid) = state.worker_pid
                 && std::fs::metadata(format!("/proc/{pid}")).is_err()
             {
@@ -293,10 +307,20 @@ fn copy_self(dest: &Path) -> Result<(), TripError> {
     Ok(())
 }
 
+/// The configuration a run was started with, from its state.
+pub fn plan_of(run: &RunDir, state: &RunState) -> Result<Config, TripError> {
+    serde_json::from_value(state.plan.clone()).map_err(|source| {
+        TripError::State(crate::state::StateError::Parse {
+            path: run.state_file(),
+            source,
+        })
+    })
+}
+
 /// The detached worker: upgrade, kernel, dump, prepare-restore, handoff.
 pub fn worker(run: &RunDir, telemetry: &Telemetry) -> Result<(), TripError> {
     let state = run.load()?;
-    let config: Config = serde_json::from_value(state.plan.clone()).unwrap_or_default();
+    let config = plan_of(run, &state)?;
     let secrets = config::secret_values(&|k| std::env::var(k).ok());
     let runner = SystemRunner::new(telemetry.spans.clone(), secrets);
     runner.set_logs_dir(run.logs());
@@ -325,6 +349,20 @@ pub fn worker(run: &RunDir, telemetry: &Telemetry) -> Result<(), TripError> {
         Ok(())
     })();
     if let Err((phase, e)) = before_dump {
+        let root = ctx.state.session.as_ref().map(|s| s.root_pid);
+        let root_gone =
+            phase == "dump" && root.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists());
+        if root_gone && ctx.run.images().join("inventory.img").exists() {
+            // criu failed after it had killed the tree: bring it back.
+            restore_in_place(
+                &mut ctx,
+                &format!(
+                    "the dump failed after the session was stopped: {}",
+                    e.message
+                ),
+            );
+            return Ok(());
+        }
         unload_kernel(&runner);
         finishing::end_before_dump(&mut ctx, &phase, &e);
         return Ok(());
@@ -332,12 +370,19 @@ pub fn worker(run: &RunDir, telemetry: &Telemetry) -> Result<(), TripError> {
 
     // The session is frozen and killed now: any failure from here on must
     // end with the session restored in place on this kernel.
-    let after_dump = run_phase(&mut ctx, "prepare-restore", phases::prepare_restore::run)
-        .and_then(|_| run_phase(&mut ctx, "handoff", phases::handoff::run));
-    if let Err(e) = after_dump {
+    let after_dump = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        run_phase(&mut ctx, "prepare-restore", phases::prepare_restore::run)
+            .and_then(|_| run_phase(&mut ctx, "handoff", phases::handoff::run))
+    }));
+    let failure = match after_dump {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.message),
+        Err(_) => Some("ferry panicked".to_string()),
+    };
+    if let Some(message) = failure {
         restore_in_place(
             &mut ctx,
-            &format!("the trip was called off after the dump: {}", e.message),
+            &format!("the trip was called off after the dump: {message}"),
         );
         return Ok(());
     }
@@ -362,12 +407,12 @@ fn restore_in_place(ctx: &mut Ctx<'_>, reason: &str) {
     unload_kernel(ctx.runner);
     ctx.state.handoff.called_off = Some(reason.to_string());
     let _ = ctx.save();
+    // Always this run's unit: a file left by an older run must not restore
+    // that run's images.
     let unit_path = Path::new(units::UNIT_DIR).join(units::RESUME_UNIT);
-    if !unit_path.exists() {
-        let text = units::resume_unit(&ctx.state.run_id, &ctx.run.bin(), &ctx.run.root);
-        if let Err(e) = crate::state::write_atomic(&unit_path, text.as_bytes()) {
-            tracing::error!(error = %e, "cannot write the resume unit");
-        }
+    let text = units::resume_unit(&ctx.state.run_id, &ctx.run.bin(), &ctx.run.root);
+    if let Err(e) = crate::state::write_atomic(&unit_path, text.as_bytes()) {
+        tracing::error!(error = %e, "cannot write the resume unit");
     }
     for args in [
         vec!["daemon-reload"],

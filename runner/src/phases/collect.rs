@@ -10,7 +10,10 @@ use super::{Ctx, PhaseError};
 /// be had is noted in the file instead: collecting never fails a run.
 pub fn capture(ctx: &Ctx<'_>, spec: CommandSpec, file: &str) {
     let path = ctx.run.logs().join(file);
-    let spec = spec.timeout(Duration::from_secs(60)).log_name(file);
+    let spec = spec
+        .timeout(Duration::from_secs(60))
+        .log_name(file)
+        .full_stdout();
     let text = match ctx.runner.run(&spec) {
         Ok(out) if out.success() => out.stdout,
         Ok(out) => format!(

@@ -46,9 +46,13 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
         spec = spec.args(["--external".to_string(), e.clone()]);
     }
     // The foreground `ferry upgrade` stops reading the run directory once it
-    // sees this phase start (it must hold no file of it when frozen): give
-    // it time to notice before criu freezes it.
-    std::thread::sleep(Duration::from_millis(1500));
+    // sees this phase start (it must hold no file of it when frozen) and
+    // says so; without a foreground (--pid) a short wait is enough.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !ctx.run.foreground_ack().exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
     ctx.state.handoff.externals = externals;
     ctx.state.handoff.dump_start_unix_nano = Some(ids::now_unix_nano());
     ctx.save()?;

@@ -56,7 +56,12 @@ fn missing(ctx: &Ctx<'_>, expected: &[String]) -> Result<Vec<String>, PhaseError
     let mut live = String::new();
     for tool in ["iptables-save", "ip6tables-save"] {
         if which(tool).is_some() {
-            live.push_str(&ctx.runner.run(&CommandSpec::new(tool))?.check()?.stdout);
+            live.push_str(
+                &ctx.runner
+                    .run(&CommandSpec::new(tool).full_stdout())?
+                    .check()?
+                    .stdout,
+            );
         }
     }
     let live: Vec<String> = live

@@ -35,7 +35,8 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
             .run(
                 &CommandSpec::new(save_bin.display().to_string())
                     .arg("-c")
-                    .log_name(save),
+                    .log_name(save)
+                    .full_stdout(),
             )?
             .check()?;
         let path = ctx.run.firewall().join(file);

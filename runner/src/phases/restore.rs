@@ -135,18 +135,20 @@ fn start_and_wait(
     let limit = Duration::from_secs(ctx.config.criu.restore_timeout_secs.max(10));
     let started = Instant::now();
     loop {
+        // The log first: a session that ends right after a good restore
+        // must not count as a failed restore.
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("Restore finished successfully") {
+            break;
+        }
         if let Ok(Some(status)) = child.try_wait() {
             return Err(PhaseError::new(
                 "criu_restore_failed",
                 format!(
-                    "criu restore failed ({status}); images and lock rules are kept, so `ferry resume --retry` can try again (log: {}).",
+                    "criu restore failed ({status}); the images and CRIU's lock rules are kept, so the client is not reset and a later restore can still bring the session back (log: {}).",
                     log.display()
                 ),
             ));
-        }
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains("Restore finished successfully") {
-            break;
         }
         if started.elapsed() > limit {
             let _ = child.kill();

@@ -37,7 +37,7 @@ pub const ATTR_TASK_RUN_RESULT: &str = "cicd.pipeline.task.run.result";
 pub const ATTR_ERROR_TYPE: &str = "error.type";
 // Process conventions, for external commands.
 pub const ATTR_PROCESS_EXECUTABLE: &str = "process.executable.name";
-pub const ATTR_PROCESS_ARGS: &str = "process.command_args";
+pub const ATTR_PROCESS_COMMAND_LINE: &str = "process.command_line";
 pub const ATTR_PROCESS_EXIT_CODE: &str = "process.exit.code";
 pub const ATTR_PROCESS_PID: &str = "process.pid";
 // Resource and ferry's own.
@@ -61,7 +61,7 @@ pub const ALL_ATTRIBUTES: &[&str] = &[
     ATTR_TASK_RUN_RESULT,
     ATTR_ERROR_TYPE,
     ATTR_PROCESS_EXECUTABLE,
-    ATTR_PROCESS_ARGS,
+    ATTR_PROCESS_COMMAND_LINE,
     ATTR_PROCESS_EXIT_CODE,
     ATTR_PROCESS_PID,
     ATTR_SERVICE_NAME,
