@@ -8,13 +8,13 @@
 //! there can never take the session down.
 
 use crate::config::{self, Config};
-use crate::exec::{CommandSpec, Runner, SystemRunner};
-use crate::finishing;
+use crate::exec::{Runner, SystemRunner};
 use crate::phases::{self, Ctx, run_phase};
 use crate::procfs::Procfs;
 use crate::state::RunDir;
 use crate::telemetry::Telemetry;
 use crate::trip::TripError;
+use crate::{finishing, units};
 
 fn load(
     run: &RunDir,
@@ -81,26 +81,14 @@ pub fn resume(run: &RunDir, telemetry: &Telemetry) -> Result<i32, TripError> {
         handle.root
     );
 
-    let unit = format!("ferry-finish-{}", ctx.state.run_id);
-    let started = runner
-        .run(
-            &CommandSpec::new("systemd-run")
-                .args([
-                    "--unit",
-                    &unit,
-                    "--collect",
-                    "--quiet",
-                    "--service-type=exec",
-                ])
-                .arg(format!(
-                    "--description=ferry bookkeeping for run {}",
-                    ctx.state.run_id
-                ))
-                .arg(run.bin().display().to_string())
-                .args(["__finish", "--run-dir"])
-                .arg(run.root.display().to_string()),
-        )
-        .and_then(|o| o.check());
+    let (_, spec) = units::transient(
+        "finish",
+        &ctx.state.run_id,
+        &run.bin(),
+        "__finish",
+        &run.root,
+    );
+    let started = runner.run(&spec).and_then(|o| o.check());
     if let Err(e) = started {
         tracing::warn!(error = %e, "cannot start the finisher unit; finishing in this process");
         drop(ctx);

@@ -159,21 +159,8 @@ pub fn upgrade(
         return Ok(finishing::end_before_dump(&mut ctx, "locate", &e));
     }
 
-    let unit = format!("ferry-worker-{run_id}");
-    let spawn = runner.run(
-        &CommandSpec::new("systemd-run")
-            .args([
-                "--unit",
-                &unit,
-                "--collect",
-                "--quiet",
-                "--service-type=exec",
-            ])
-            .arg(format!("--description=ferry worker for run {run_id}"))
-            .arg(run.bin().display().to_string())
-            .args(["__worker", "--run-dir"])
-            .arg(run.root.display().to_string()),
-    );
+    let (unit, spec) = units::transient("worker", &run_id, &run.bin(), "__worker", &run.root);
+    let spawn = runner.run(&spec);
     if let Err(e) = spawn
         .map_err(PhaseError::from)
         .and_then(|o| o.check().map_err(PhaseError::from))

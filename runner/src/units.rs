@@ -61,6 +61,32 @@ WantedBy=multi-user.target\n",
     )
 }
 
+/// `systemd-run` starting `ferry <subcommand> --run-dir <run>` from the
+/// run's own binary as transient unit `ferry-<role>-<run id>`, outside the
+/// caller's process tree and cgroup. Returns the unit name and the command.
+pub fn transient(
+    role: &str,
+    run_id: &str,
+    ferry: &Path,
+    subcommand: &str,
+    run_dir: &Path,
+) -> (String, crate::exec::CommandSpec) {
+    let unit = format!("ferry-{role}-{run_id}");
+    let spec = crate::exec::CommandSpec::new("systemd-run")
+        .args([
+            "--unit",
+            &unit,
+            "--collect",
+            "--quiet",
+            "--service-type=exec",
+        ])
+        .arg(format!("--description=ferry {role} for run {run_id}"))
+        .arg(ferry.display().to_string())
+        .args([subcommand, "--run-dir"])
+        .arg(run_dir.display().to_string());
+    (unit, spec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
