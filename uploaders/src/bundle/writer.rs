@@ -503,22 +503,29 @@ impl<W: Write> BundleWriter<W> {
             matcher,
             max_file_bytes,
             files,
+            names,
             buf,
             broken,
             ..
         } = self;
-        let (segments, truncated) =
-            plan(src, len, *max_file_bytes, buf).map_err(|e| BundleError::io("read", path, e))?;
-
-        // Pass 1: the size of the entry after redaction.
+        // Pass 1: which bytes to store, and their size after redaction.
+        // Nothing is written yet, so a failure leaves the bundle usable.
         let mut counter = Counter::default();
-        let mut sizing = Producer::new(src, &segments, matcher);
-        while sizing
-            .step(buf, &mut counter)
-            .map_err(|e| BundleError::io("read", path, e))?
-        {}
+        let sized = plan(src, len, *max_file_bytes, buf).and_then(|(segments, truncated)| {
+            let mut sizing = Producer::new(src, &segments, matcher);
+            while sizing.step(buf, &mut counter)? {}
+            let short = sizing.short_read;
+            drop(sizing);
+            Ok((segments, truncated, short))
+        });
+        let (segments, truncated, short_first) = match sized {
+            Ok(s) => s,
+            Err(e) => {
+                names.remove(&name);
+                return Err(BundleError::io("read", path, e));
+            }
+        };
         let size = counter.0;
-        let short_first = sizing.short_read;
 
         // Pass 2: the header (tar writes a GNU long-name entry first if the
         // name needs one; with an empty reader it writes no data and no
