@@ -65,6 +65,7 @@ pub fn conclude(
     if let Err(e) = ctx.save() {
         tracing::error!("{e}");
     }
+    crate::secrets::Secrets::forget(ctx.run);
     if let Err(e) = ctx.run.save_outcome(&outcome) {
         tracing::error!("{e}");
     }

@@ -12,6 +12,7 @@ pub mod host;
 pub mod phases;
 pub mod procfs;
 pub mod resume;
+pub mod secrets;
 pub mod session;
 pub mod state;
 pub mod telemetry;

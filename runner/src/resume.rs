@@ -7,7 +7,7 @@
 //! collect, bundle, ship) runs in a separate transient unit, so a failure
 //! there can never take the session down.
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::exec::{Runner, SystemRunner};
 use crate::phases::{self, Ctx, run_phase};
 use crate::procfs::Procfs;
@@ -29,7 +29,7 @@ fn load(
     }
     let runner = SystemRunner::new(
         telemetry.spans.clone(),
-        config::secret_values(&|k| std::env::var(k).ok()),
+        crate::secrets::Secrets::for_run(run).values(),
     );
     runner.set_logs_dir(run.logs());
     telemetry.attach(&state, run.trace_file(), run.logs().join("ferry.log"));

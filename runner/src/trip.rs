@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::exec::{CommandSpec, Runner, SystemRunner};
 use crate::phases::{self, Ctx, PhaseError, run_phase, skip_phase};
 use crate::state::{Handoff, Outcome, PhaseRecord, PhaseResult, RunDir, RunState, STATE_FORMAT};
@@ -44,7 +44,7 @@ pub fn upgrade(
     opts: &UpgradeOptions,
     telemetry: &Telemetry,
 ) -> Result<Outcome, TripError> {
-    let secrets = config::secret_values(&|k| std::env::var(k).ok());
+    let secrets = crate::secrets::Secrets::from_env(&|k| std::env::var(k).ok()).values();
     let runner = SystemRunner::new(telemetry.spans.clone(), secrets);
     let (trace_id, parent, tracestate) = match std::env::var("TRACEPARENT")
         .ok()
@@ -123,6 +123,12 @@ pub fn upgrade(
         outcome: None,
     };
     run.save(&state)?;
+    crate::secrets::Secrets::from_env(&|k| std::env::var(k).ok())
+        .save(&run)
+        .map_err(|source| crate::state::StateError::Write {
+            path: run.root.join("secrets.json"),
+            source,
+        })?;
     copy_self(&run.bin())?;
     telemetry.attach(&state, run.trace_file(), run.logs().join("ferry.log"));
     runner.set_logs_dir(run.logs());
@@ -308,7 +314,7 @@ pub fn plan_of(run: &RunDir, state: &RunState) -> Result<Config, TripError> {
 pub fn worker(run: &RunDir, telemetry: &Telemetry) -> Result<(), TripError> {
     let state = run.load()?;
     let config = plan_of(run, &state)?;
-    let secrets = config::secret_values(&|k| std::env::var(k).ok());
+    let secrets = crate::secrets::Secrets::for_run(run).values();
     let runner = SystemRunner::new(telemetry.spans.clone(), secrets);
     runner.set_logs_dir(run.logs());
     telemetry.attach(&state, run.trace_file(), run.logs().join("ferry.log"));
@@ -358,8 +364,13 @@ pub fn worker(run: &RunDir, telemetry: &Telemetry) -> Result<(), TripError> {
     // The session is frozen and killed now: any failure from here on must
     // end with the session restored in place on this kernel.
     let after_dump = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        run_phase(&mut ctx, "prepare-restore", phases::prepare_restore::run)
-            .and_then(|_| run_phase(&mut ctx, "handoff", phases::handoff::run))
+        run_phase(&mut ctx, "prepare-restore", |c| {
+            if c.config.testing.fail_after_dump {
+                return Err(PhaseError::new("testing", "testing.fail_after_dump is set"));
+            }
+            phases::prepare_restore::run(c)
+        })
+        .and_then(|_| run_phase(&mut ctx, "handoff", phases::handoff::run))
     }));
     let failure = match after_dump {
         Ok(Ok(())) => None,
@@ -394,24 +405,28 @@ fn restore_in_place(ctx: &mut Ctx<'_>, reason: &str) {
     unload_kernel(ctx.runner);
     ctx.state.handoff.called_off = Some(reason.to_string());
     let _ = ctx.save();
-    // Always this run's unit: a file left by an older run must not restore
-    // that run's images.
-    let unit_path = Path::new(units::UNIT_DIR).join(units::RESUME_UNIT);
-    let text = units::resume_unit(&ctx.state.run_id, &ctx.run.bin(), &ctx.run.root);
-    if let Err(e) = crate::state::write_atomic(&unit_path, text.as_bytes()) {
-        tracing::error!(error = %e, "cannot write the resume unit");
+    // A kexec queued by handoff must not fire later as a plain reboot.
+    let _ = ctx.runner.run(&CommandSpec::new("systemctl").arg("cancel"));
+    if Path::new(units::UNIT_DIR).join(units::RESUME_UNIT).exists() {
+        let _ = ctx.runner.run(&CommandSpec::new("systemctl").args([
+            "disable",
+            units::RESUME_UNIT,
+            units::NETFILTER_UNIT,
+        ]));
     }
-    for args in [
-        vec!["daemon-reload"],
-        vec!["disable", units::RESUME_UNIT, units::NETFILTER_UNIT],
-        vec!["start", "--no-block", units::RESUME_UNIT],
-    ] {
-        if let Err(e) = ctx
-            .runner
-            .run(&CommandSpec::new("systemctl").args(args.clone()))
-            .and_then(|o| o.check())
-        {
-            tracing::error!(error = %e, "systemctl {:?} failed", args);
+    // A transient unit of this run's own: it cannot collide with the
+    // resume unit of another, still restored, session.
+    let (unit, spec) = units::transient(
+        "resume-in-place",
+        &ctx.state.run_id,
+        &ctx.run.bin(),
+        "resume",
+        &ctx.run.root,
+    );
+    match ctx.runner.run(&spec).and_then(|o| o.check()) {
+        Ok(_) => tracing::info!(unit = %unit, "in-place restore started"),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the in-place restore; the images are in {}", ctx.run.images().display())
         }
     }
 }

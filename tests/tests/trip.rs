@@ -3,7 +3,10 @@
 //! 1. failing dump: `ferry upgrade` dumps without the `--external` for
 //!    logind's session FIFO (lab trap F1); the dump fails, the session keeps
 //!    running, ferry exits non-zero and a failure bundle holds dump.log;
-//! 2. happy path: `ferry upgrade` in a live `ssh -tt` session upgrades the
+//! 2. called off after the dump (test switch): the session is restored in
+//!    place on the old kernel from the same images and lock rules, the
+//!    client never notices more than a pause, ferry exits non-zero;
+//! 3. happy path: `ferry upgrade` in a live `ssh -tt` session upgrades the
 //!    guest from the local apt repo (which installs the newer kernel),
 //!    checkpoints the session, kexecs, restores; the SAME connection prints
 //!    the new kernel, echoes input, and `ferry upgrade` returns 0 there.
@@ -32,6 +35,8 @@ fn trip() -> Result<()> {
         failing_dump(&guest)
             .with_context(|| format!("failing dump case\n{}", guest.diagnostics()))?;
     }
+    in_place_restore(&guest)
+        .with_context(|| format!("in-place restore case\n{}", guest.diagnostics()))?;
     happy_trip(&guest).with_context(|| format!("happy trip case\n{}", guest.diagnostics()))?;
     guest.finish()?;
     Ok(())
@@ -97,6 +102,48 @@ fn failing_dump(guest: &Guest) -> Result<()> {
         "the kernel loaded for the trip must be unloaded"
     );
     eprintln!("failing dump case: {:.1} s", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn in_place_restore(guest: &Guest) -> Result<()> {
+    let t = Instant::now();
+    let old = guest.old_kernel().to_string();
+    let mut session = Session::start(
+        guest,
+        &session_script("FERRY_TESTING_FAIL_AFTER_DUMP=1", "--no-upgrade --allow-same-kernel"),
+    )?;
+    let exit = session
+        .wait_for("FERRY-EXIT=", Duration::from_secs(400))
+        .with_context(|| session.transcript())?;
+    ensure!(
+        exit.text.contains(&format!("FERRY-EXIT=1 {old}")),
+        "ferry should report the called-off trip on the old kernel: {}\n{}",
+        exit.text,
+        session.transcript()
+    );
+    let transcript = session.transcript();
+    ensure!(
+        transcript.contains("testing.fail_after_dump is set"),
+        "ferry should say why: {transcript}"
+    );
+    session.send_line("after-in-place")?;
+    session
+        .wait_for("echo:after-in-place", Duration::from_secs(10))
+        .with_context(|| session.transcript())?;
+    ensure!(session.is_alive(), "the ssh client exited: {}", session.transcript());
+    let gap = session.largest_gap().context("no gap measured")?;
+    eprintln!("in-place restore: client downtime {:.1} s", gap.duration.as_secs_f64());
+    let locks = guest.ssh_ok("iptables-save | grep -c 0xc114 || true")?;
+    ensure!(locks.trim() == "0", "CRIU lock rules left behind: {locks}");
+    let loaded = guest.ssh_ok("cat /sys/kernel/kexec_loaded")?;
+    ensure!(loaded.trim() == "0", "the kernel loaded for the trip must be unloaded");
+    let enabled = guest.ssh("systemctl is-enabled ferry-resume.service")?;
+    ensure!(!enabled.status.success(), "nothing may be enabled for the next boot");
+    let (_, dir) = fetch_bundle(guest, &find_bundle(guest, "-called_off.tar.gz")?)?;
+    let restore_log = std::fs::read_to_string(dir.join("logs/restore.log"))?;
+    ensure!(restore_log.contains("Restore finished successfully"), "restore.log lacks success");
+    session.kill();
+    eprintln!("in-place restore case: {:.1} s", t.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -26,7 +26,7 @@ pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<String, PhaseError> {
     })?;
     let path = local_dir.join(&name);
     let options = BundleOptions {
-        secrets: crate::config::secret_values(&|k| std::env::var(k).ok()),
+        secrets: crate::secrets::Secrets::for_run(ctx.run).values(),
         max_file_bytes: Some(ctx.config.ship.max_file_mib * 1024 * 1024),
         ..BundleOptions::default()
     };

@@ -1,0 +1,113 @@
+//! Secrets that must outlive the job's environment.
+//!
+//! The units that run after `ferry upgrade` (worker, resume, finisher)
+//! inherit nothing from the CI job, yet need the secret values: to redact
+//! them from logs and bundles, and for the backends that ship. They are
+//! kept in a root-only 0600 file of the (0700) run directory, never in argv
+//! or in a unit's environment, and deleted when the run has ended.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::config::SECRET_VARS;
+use crate::state::RunDir;
+
+const FILE: &str = "secrets.json";
+
+#[derive(Default, Clone)]
+pub struct Secrets(BTreeMap<String, String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({:?} set)", self.0.keys().collect::<Vec<_>>())
+    }
+}
+
+impl Secrets {
+    /// The secret variables set in `env`.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Self {
+        Secrets(
+            SECRET_VARS
+                .iter()
+                .filter_map(|k| env(k).filter(|v| !v.is_empty()).map(|v| (k.to_string(), v)))
+                .collect(),
+        )
+    }
+
+    /// This process's environment, completed by what the run saved.
+    pub fn for_run(run: &RunDir) -> Self {
+        let mut s = Secrets::from_env(&|k| std::env::var(k).ok());
+        if let Ok(bytes) = std::fs::read(run.root.join(FILE))
+            && let Ok(saved) = serde_json::from_slice::<BTreeMap<String, String>>(&bytes)
+        {
+            for (k, v) in saved {
+                s.0.entry(k).or_insert(v);
+            }
+        }
+        s
+    }
+
+    pub fn values(&self) -> Vec<String> {
+        self.0.values().cloned().collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// Keep the values for the run's later processes (nothing is written
+    /// when no secret is set).
+    pub fn save(&self, run: &RunDir) -> std::io::Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let path = run.root.join(FILE);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(&serde_json::to_vec(&self.0).map_err(std::io::Error::other)?)?;
+        f.sync_all()
+    }
+
+    /// The run has ended: the values are no longer needed on disk.
+    pub fn forget(run: &RunDir) {
+        let _ = std::fs::remove_file(run.root.join(FILE));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn saved_secrets_are_private_and_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let s =
+            Secrets::from_env(&|k| (k == "DROPBOX_TOKEN").then(|| "sl.secret-token".to_string()));
+        s.save(&run).unwrap();
+        let mode = std::fs::metadata(dir.path().join(FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let back = Secrets::for_run(&run);
+        assert_eq!(back.get("DROPBOX_TOKEN"), Some("sl.secret-token"));
+        assert!(!format!("{back:?}").contains("sl.secret-token"));
+        Secrets::forget(&run);
+        assert!(!dir.path().join(FILE).exists());
+    }
+
+    #[test]
+    fn nothing_is_written_without_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        Secrets::from_env(&|_| None).save(&run).unwrap();
+        assert!(!dir.path().join(FILE).exists());
+    }
+}
