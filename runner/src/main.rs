@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 
 use ferry::config::{self, Config};
 use ferry::state::{Outcome, RunDir};
-use ferry::{resume, telemetry, trip};
+use std::io::Write as _;
+
+use ferry::{diagnose, resume, telemetry, trip};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +40,17 @@ enum Command {
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+    /// Name the failure in CRIU dump/restore logs and dmesg, with evidence and
+    /// remedy. Exit status: 0 no failure found, 1 a failure (diagnosed or
+    /// unknown), 2 the inputs could not be read.
+    Diagnose {
+        /// Bundles (.tar.gz), run or logs directories, or log files.
+        #[arg(required = true, value_name = "BUNDLE|DIR|LOG")]
+        inputs: Vec<PathBuf>,
+        /// Print the diagnosis as JSON.
+        #[arg(long)]
+        json: bool,
     },
     #[command(name = "__worker", hide = true)]
     Worker {
@@ -151,6 +164,7 @@ fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
             let code = resume::finish(&RunDir::new(run_dir), telemetry)?;
             Ok(ExitCode::from(code as u8))
         }
+        Command::Diagnose { inputs, json } => diagnose_cmd(&inputs, json),
         Command::Config {
             command: ConfigCommand::Check,
         } => {
@@ -168,6 +182,40 @@ fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `ferry diagnose`: bundles are verified and extracted to a scratch
+/// directory first.
+fn diagnose_cmd(inputs: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
+    let limits = ferry_uploaders::bundle::ExtractLimits::default();
+    let mut opened = Vec::new();
+    let mut paths = Vec::new();
+    for input in inputs {
+        if diagnose::is_bundle(input) {
+            let b = diagnose::open_bundle(input, &limits)?;
+            paths.push(b.dir.clone());
+            opened.push(b);
+        } else {
+            paths.push(input.clone());
+        }
+    }
+    let base = match (inputs.len(), opened.first()) {
+        (1, Some(b)) => Some(b.dir.clone()),
+        _ => None,
+    };
+    let d = diagnose::diagnose_paths(&paths, base.as_deref())?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &d).context("cannot write to stdout")?;
+        writeln!(out).context("cannot write to stdout")?;
+    } else {
+        write!(out, "{}", diagnose::render::human(&d)).context("cannot write to stdout")?;
+    }
+    out.flush().context("cannot write to stdout")?;
+    Ok(match d.verdict {
+        diagnose::Verdict::NoFailure => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
 }
 
 /// The lines a CI log keeps: what happened, where the evidence is.
