@@ -59,15 +59,30 @@ pub fn conclude(
         kernel_before: ctx.state.kernel_before.clone(),
         kernel_after: (result == "succeeded").then(crate::host::kernel_release),
         downtime_ms,
+        restored_root_pid: ctx.state.handoff.restored_root_pid,
         end_unix_nano: ids::now_unix_nano(),
     };
     ctx.state.outcome = Some(outcome.clone());
     if let Err(e) = ctx.save() {
         tracing::error!("{e}");
     }
+    // Metrics of the run, and the exporter's settings read before the
+    // secrets (its headers) are forgotten.
+    let shipped = outcome
+        .bundle
+        .as_deref()
+        .and_then(|b| crate::telemetry::shipped_bundle_size(ctx.run, b))
+        .map(|size| ("dir", size));
+    ctx.telemetry
+        .record_run_metrics(ctx.run, &ctx.state, result, error_type, shipped);
+    let export = crate::telemetry::export::ExportConfig::for_run(ctx.run, &ctx.state.otel);
     crate::secrets::Secrets::forget(ctx.run);
     if let Err(e) = ctx.run.save_outcome(&outcome) {
         tracing::error!("{e}");
     }
+    // The last export, after the outcome so the waiting foreground is not
+    // held up: bounded, and what the collector did not take stays on disk.
+    ctx.telemetry
+        .export_with(ctx.run, &export, crate::telemetry::export::FLUSH_AT_END);
     outcome
 }

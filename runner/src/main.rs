@@ -250,6 +250,11 @@ fn report(outcome: &Outcome) -> ExitCode {
             }
         }
     }
+    if let Some(pid) = outcome.restored_root_pid {
+        eprintln!(
+            "ferry: the session runs in a new pid namespace; enter it with: nsenter -t {pid} -a"
+        );
+    }
     if let Some(b) = &outcome.bundle {
         eprintln!("ferry: bundle: {b}");
     }

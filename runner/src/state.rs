@@ -78,6 +78,10 @@ pub struct Outcome {
     pub kernel_after: Option<String>,
     /// Wall-clock time the session was frozen, dump start to restore end.
     pub downtime_ms: Option<u64>,
+    /// Host pid of the restored session root (it lives in a new pid
+    /// namespace: `nsenter -t <pid> -a` enters it).
+    #[serde(default)]
+    pub restored_root_pid: Option<i32>,
     pub end_unix_nano: u64,
 }
 
@@ -138,6 +142,10 @@ pub struct RunState {
     /// The pid of the detached worker before the reboot.
     pub worker_pid: Option<i32>,
     pub outcome: Option<Outcome>,
+    /// The job's `OTEL_*`, `TRACEPARENT` and `TRACESTATE` values (headers
+    /// excepted: they are secrets), for the run's later processes.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub otel: std::collections::BTreeMap<String, String>,
 }
 
 pub const STATE_FORMAT: u32 = 1;

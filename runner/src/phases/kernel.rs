@@ -24,6 +24,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<KernelChoice, PhaseError> {
             ),
         ));
     }
+    check_criu_against(ctx, &choice.release)?;
     let mut spec = CommandSpec::new("kexec")
         .arg("-l")
         .arg(choice.image.display().to_string())
@@ -49,6 +50,30 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<KernelChoice, PhaseError> {
     ctx.state.kernel_after = Some(choice.release.clone());
     ctx.state.kernel = Some(choice.clone());
     Ok(choice)
+}
+
+/// The criu installed now (after the upgrade) is the one that restores on
+/// the new kernel: refuse known-bad pairs while nothing is frozen.
+fn check_criu_against(ctx: &Ctx<'_>, release: &str) -> Result<(), PhaseError> {
+    let out = ctx.runner.run(
+        &CommandSpec::new(ctx.config.criu.path.display().to_string())
+            .arg("--version")
+            .log_name("criu-version"),
+    )?;
+    let (Some(criu), Some(kernel)) = (
+        super::compat::parse_criu_version(&out.stdout),
+        super::compat::parse_kernel_version(release),
+    ) else {
+        tracing::warn!(
+            release,
+            "cannot tell the criu or kernel version; compatibility not checked"
+        );
+        return Ok(());
+    };
+    match super::compat::criu_kernel_problem(criu, kernel) {
+        Some(problem) => Err(PhaseError::new("criu_kernel_incompatible", problem)),
+        None => Ok(()),
+    }
 }
 
 fn explicit(image: &Path, initrd: Option<&Path>) -> Result<KernelChoice, PhaseError> {

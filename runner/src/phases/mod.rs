@@ -5,6 +5,7 @@
 //! state the next `ferry` can report.
 
 pub mod collect;
+pub mod compat;
 pub mod dump;
 pub mod finish;
 pub mod fixups;
