@@ -110,7 +110,10 @@ fn in_place_restore(guest: &Guest) -> Result<()> {
     let old = guest.old_kernel().to_string();
     let mut session = Session::start(
         guest,
-        &session_script("FERRY_TESTING_FAIL_AFTER_DUMP=1", "--no-upgrade --allow-same-kernel"),
+        &session_script(
+            "FERRY_TESTING_FAIL_AFTER_DUMP=1",
+            "--no-upgrade --allow-same-kernel",
+        ),
     )?;
     let exit = session
         .wait_for("FERRY-EXIT=", Duration::from_secs(400))
@@ -130,18 +133,34 @@ fn in_place_restore(guest: &Guest) -> Result<()> {
     session
         .wait_for("echo:after-in-place", Duration::from_secs(10))
         .with_context(|| session.transcript())?;
-    ensure!(session.is_alive(), "the ssh client exited: {}", session.transcript());
+    ensure!(
+        session.is_alive(),
+        "the ssh client exited: {}",
+        session.transcript()
+    );
     let gap = session.largest_gap().context("no gap measured")?;
-    eprintln!("in-place restore: client downtime {:.1} s", gap.duration.as_secs_f64());
+    eprintln!(
+        "in-place restore: client downtime {:.1} s",
+        gap.duration.as_secs_f64()
+    );
     let locks = guest.ssh_ok("iptables-save | grep -c 0xc114 || true")?;
     ensure!(locks.trim() == "0", "CRIU lock rules left behind: {locks}");
     let loaded = guest.ssh_ok("cat /sys/kernel/kexec_loaded")?;
-    ensure!(loaded.trim() == "0", "the kernel loaded for the trip must be unloaded");
+    ensure!(
+        loaded.trim() == "0",
+        "the kernel loaded for the trip must be unloaded"
+    );
     let enabled = guest.ssh("systemctl is-enabled ferry-resume.service")?;
-    ensure!(!enabled.status.success(), "nothing may be enabled for the next boot");
+    ensure!(
+        !enabled.status.success(),
+        "nothing may be enabled for the next boot"
+    );
     let (_, dir) = fetch_bundle(guest, &find_bundle(guest, "-called_off.tar.gz")?)?;
     let restore_log = std::fs::read_to_string(dir.join("logs/restore.log"))?;
-    ensure!(restore_log.contains("Restore finished successfully"), "restore.log lacks success");
+    ensure!(
+        restore_log.contains("Restore finished successfully"),
+        "restore.log lacks success"
+    );
     session.kill();
     eprintln!("in-place restore case: {:.1} s", t.elapsed().as_secs_f64());
     Ok(())
