@@ -133,13 +133,23 @@ pub fn finish(run: &RunDir, telemetry: &Telemetry) -> Result<i32, TripError> {
             Some(e.message.clone()),
             Some(&e.kind),
         ),
-        (Ok(()), Some(reason)) => finishing::conclude(
-            &mut ctx,
-            "called_off",
-            Some("handoff"),
-            Some(reason),
-            Some("called_off"),
-        ),
+        (Ok(()), Some(reason)) => {
+            // The phase that called the trip off, for the summary line.
+            let phase = ctx
+                .state
+                .phases
+                .iter()
+                .rev()
+                .find(|p| p.result == crate::state::PhaseResult::Failed)
+                .map_or_else(|| "handoff".to_string(), |p| p.name.clone());
+            finishing::conclude(
+                &mut ctx,
+                "called_off",
+                Some(&phase),
+                Some(reason),
+                Some("called_off"),
+            )
+        }
         (Ok(()), None) => finishing::conclude(&mut ctx, "succeeded", None, None, None),
     };
     Ok(if outcome.result == "succeeded" { 0 } else { 1 })
