@@ -27,6 +27,16 @@ pub fn conclude(
     error_type: Option<&str>,
 ) -> Outcome {
     let _ = run_phase(ctx, "collect", phases::collect::run);
+    // Name the failure from the logs while the evidence is fresh: the
+    // findings go into the bundle (and its manifest) and the outcome.
+    let diagnosis = (result != "succeeded").then(|| {
+        let d = crate::diagnose::diagnose_run_logs(&ctx.run.logs());
+        let path = ctx.run.root.join(crate::diagnose::RUN_FILE);
+        if let Err(e) = crate::state::save_json(&path, &d) {
+            tracing::warn!("the diagnosis was not saved: {e}");
+        }
+        d
+    });
     let mut reason = reason;
     if let Err(e) = run_phase(ctx, "finish", phases::finish::run) {
         reason = Some(match reason {
@@ -61,6 +71,7 @@ pub fn conclude(
         downtime_ms,
         restored_root_pid: ctx.state.handoff.restored_root_pid,
         end_unix_nano: ids::now_unix_nano(),
+        diagnosis: diagnosis.as_ref().map(|d| d.summary()),
     };
     ctx.state.outcome = Some(outcome.clone());
     if let Err(e) = ctx.save() {

@@ -12,6 +12,8 @@ pub mod finishing;
 pub mod host;
 pub mod phases;
 pub mod procfs;
+pub mod pull;
+pub mod report;
 pub mod resume;
 pub mod secrets;
 pub mod session;

@@ -52,6 +52,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A run's timeline (phases, durations, the boot gap, the diagnosis)
+    /// from a bundle or a run directory; --html writes report.html.
+    Report {
+        #[arg(value_name = "BUNDLE|RUN_DIR")]
+        input: PathBuf,
+        /// Also write the self-contained HTML report here.
+        #[arg(long, value_name = "PATH")]
+        html: Option<PathBuf>,
+    },
+    /// List the bundles in a backend; with --extract, download, verify every
+    /// file's sha256 against the manifest and extract them safely.
+    Pull(PullArgs),
     #[command(name = "__worker", hide = true)]
     Worker {
         #[arg(long)]
@@ -68,6 +80,40 @@ enum Command {
 enum ConfigCommand {
     /// Validate and print the effective configuration, secrets masked.
     Check,
+}
+
+#[derive(clap::Args)]
+struct PullArgs {
+    /// The backend to read (only `dir` today).
+    #[arg(long, default_value = "dir")]
+    backend: String,
+    /// The dir backend's directory (default: ship.dir of the config).
+    #[arg(long, value_name = "PATH")]
+    dir: Option<PathBuf>,
+    /// Only this run (a run id or its prefix).
+    #[arg(long, value_name = "ID")]
+    run: Option<String>,
+    /// Only bundles of this host.
+    #[arg(long, value_name = "H")]
+    host: Option<String>,
+    /// Only bundles with this result (succeeded, failed, called_off).
+    #[arg(long, value_name = "R")]
+    result: Option<String>,
+    /// Only bundles modified since: 30m, 12h, 7d, 2026-01-31, 2026-01-31T12:00:00Z.
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Only the N newest.
+    #[arg(long, value_name = "N")]
+    newest: Option<usize>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Download, verify and extract the chosen bundles into DIR.
+    #[arg(long, value_name = "DIR")]
+    extract: Option<PathBuf>,
+    /// Refuse to extract a bundle larger than this many MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 8192)]
+    max_extract_mib: u64,
 }
 
 #[derive(clap::Args)]
@@ -165,6 +211,8 @@ fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(code as u8))
         }
         Command::Diagnose { inputs, json } => diagnose_cmd(&inputs, json),
+        Command::Report { input, html } => report_cmd(&input, html.as_deref()),
+        Command::Pull(args) => pull_cmd(cli.config.as_deref(), args),
         Command::Config {
             command: ConfigCommand::Check,
         } => {
@@ -218,6 +266,107 @@ fn diagnose_cmd(inputs: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `ferry report`: the timeline of a bundle (verified and extracted to a
+/// scratch directory) or of a run directory.
+fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+    let limits = ferry_uploaders::bundle::ExtractLimits::default();
+    let opened = if diagnose::is_bundle(input) {
+        Some(diagnose::open_bundle(input, &limits)?)
+    } else {
+        None
+    };
+    let dir = opened.as_ref().map_or(input, |b| b.dir.as_path());
+    let state_path = dir.join("state.json");
+    let state: serde_json::Value = match std::fs::read(&state_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not JSON", state_path.display()))?,
+        Err(_) => match &opened {
+            Some(b) => b.manifest.run.clone(),
+            None => anyhow::bail!(
+                "{} has no state.json; give a bundle or a run directory",
+                input.display()
+            ),
+        },
+    };
+    let timeline = ferry::report::Timeline::from_json(&state);
+    let diagnosis = diagnose::diagnose_paths(&[dir.to_path_buf()], Some(dir)).ok();
+    print!("{}", ferry::report::text(&timeline, diagnosis.as_ref()));
+    if let Some(path) = html {
+        std::fs::write(path, ferry::report::html(&timeline, diagnosis.as_ref()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("ferry: wrote {}", path.display());
+    }
+    std::io::stdout()
+        .flush()
+        .context("cannot write to stdout")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry pull`.
+fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<ExitCode> {
+    use ferry::pull;
+    let dir = match args.dir {
+        Some(d) => Some(d),
+        None if args.backend == "dir" => Some(load_config(config)?.ship.dir),
+        None => None,
+    };
+    let backend = pull::open_backend(&args.backend, dir.as_deref())?;
+    let since = match &args.since {
+        Some(s) => Some(pull::parse_since(s, std::time::SystemTime::now())?),
+        None => None,
+    };
+    let filter = pull::Filter {
+        run: args.run,
+        host: args.host,
+        result: args.result,
+        since,
+        newest: args.newest,
+    };
+    let listed = pull::list(backend.as_ref(), &filter)?;
+    let mut out = std::io::stdout().lock();
+    let Some(dest) = args.extract else {
+        if args.json {
+            serde_json::to_writer_pretty(&mut out, &listed).context("cannot write to stdout")?;
+            writeln!(out).context("cannot write to stdout")?;
+        } else if listed.is_empty() {
+            eprintln!("ferry: no bundle matches");
+        } else {
+            for l in &listed {
+                writeln!(out, "{}\t{}\t{}", l.modified, l.size, l.key)
+                    .context("cannot write to stdout")?;
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let limits = ferry_uploaders::bundle::ExtractLimits {
+        max_total_bytes: args.max_extract_mib.saturating_mul(1 << 20),
+        ..Default::default()
+    };
+    let mut pulled = Vec::new();
+    for item in &listed {
+        let p = pull::fetch(backend.as_ref(), item, &dest, &limits)?;
+        if !args.json {
+            writeln!(
+                out,
+                "{}: {} files verified, extracted to {}",
+                p.key,
+                p.files_verified,
+                p.extracted_to.display()
+            )
+            .context("cannot write to stdout")?;
+        }
+        pulled.push(p);
+    }
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &pulled).context("cannot write to stdout")?;
+        writeln!(out).context("cannot write to stdout")?;
+    }
+    if listed.is_empty() {
+        eprintln!("ferry: no bundle matches");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The lines a CI log keeps: what happened, where the evidence is.
 fn report(outcome: &Outcome) -> ExitCode {
     match outcome.result.as_str() {
@@ -260,6 +409,11 @@ fn report(outcome: &Outcome) -> ExitCode {
     }
     if let (Some(file), Some(id)) = (&outcome.trace_file, &outcome.trace_id) {
         eprintln!("ferry: trace {id}: {file}");
+    }
+    if let Some(d) = &outcome.diagnosis {
+        for line in d.lines() {
+            eprintln!("ferry: {line}");
+        }
     }
     if outcome.result == "succeeded" {
         ExitCode::SUCCESS

@@ -83,6 +83,9 @@ pub struct Outcome {
     #[serde(default)]
     pub restored_root_pid: Option<i32>,
     pub end_unix_nano: u64,
+    /// What `ferry diagnose` found in the logs of a run that did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diagnosis: Option<crate::diagnose::Summary>,
 }
 
 /// The kernel chosen for the trip.

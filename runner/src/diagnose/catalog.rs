@@ -272,6 +272,61 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// `docs/failure-catalog.md`, generated from the catalog (a test keeps
+    /// the file in step: `FERRY_BLESS=1 cargo test -p ferry --test docs`).
+    pub fn markdown(&self) -> String {
+        use std::fmt::Write as _;
+        let mut o = String::new();
+        o.push_str("# Failure catalog\n\n");
+        o.push_str(
+            "What `ferry diagnose` recognises in CRIU dump/restore logs and dmesg. \
+             Generated from `runner/catalog/criu-failures.toml` (do not edit by hand: \
+             edit the catalog and run `FERRY_BLESS=1 cargo test -p ferry --test docs`). \
+             Patterns are globs (`*` = any text) matched against a line's message, after \
+             the timestamp, the pid column, `pie: N:` and the `Error (file:line):` location. \
+             The research behind each kind is in `shared/research/criu-failures.md`.\n\n",
+        );
+        o.push_str("| id | phase | what |\n|---|---|---|\n");
+        for k in &self.kinds {
+            let _ = writeln!(o, "| [`{}`](#{}) | {} | {} |", k.id, k.id, k.phase, k.title);
+        }
+        o.push_str("\n## Follow-ups (never the root cause)\n\n");
+        for g in &self.followups {
+            let _ = writeln!(o, "- `{}`", g.source);
+        }
+        o.push_str("\n## Harmless errors (ignored)\n\n");
+        for g in &self.harmless {
+            let _ = writeln!(o, "- `{}`", g.source);
+        }
+        o.push_str("\n## Kinds\n");
+        for k in &self.kinds {
+            let _ = writeln!(o, "\n### {}\n", k.id);
+            let _ = writeln!(o, "**{}** (phase: {})\n", k.title, k.phase);
+            if !k.fatal {
+                o.push_str(
+                    "Advisory: seen in successful runs too, never reported as the root cause.\n\n",
+                );
+            }
+            for (what, globs) in [
+                ("error line", &k.errors),
+                ("warning line", &k.warnings),
+                ("any line", &k.lines),
+                ("dmesg", &k.dmesg),
+            ] {
+                for g in globs {
+                    let _ = writeln!(o, "- {what}: `{}`", g.source.replace('`', "'"));
+                }
+            }
+            let _ = writeln!(o, "\nCause: {}\n\nRemedy: {}", k.cause, k.remedy);
+            if !k.sources.is_empty() {
+                let _ = writeln!(o, "\nSources: {}", k.sources.join(", "));
+            }
+        }
+        o
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

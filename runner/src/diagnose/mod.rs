@@ -721,3 +721,99 @@ pub fn kinds_found(d: &Diagnosis) -> BTreeMap<String, Role> {
         .map(|f| (f.kind.clone(), f.role))
         .collect()
 }
+
+/// The file in a run directory the end of a failed run writes the diagnosis
+/// to (it goes into the bundle, and its findings into the manifest).
+pub const RUN_FILE: &str = "diagnosis.json";
+
+/// The diagnosis the end of the run wrote, if any.
+pub fn load_run_diagnosis(run: &crate::state::RunDir) -> Option<Diagnosis> {
+    let path = run.root.join(RUN_FILE);
+    if !path.exists() {
+        return None;
+    }
+    crate::state::load_json(&path).ok()
+}
+
+/// The short form kept in the run's outcome and printed at the end of
+/// `ferry upgrade`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub verdict: Verdict,
+    /// The root cause's kind (`unknown` when the catalog does not know it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// `logs/restore.log:120`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// The key evidence lines (at most 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
+    /// Other kinds found.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
+}
+
+impl Diagnosis {
+    pub fn summary(&self) -> Summary {
+        let r = self.root_cause.as_ref();
+        Summary {
+            verdict: self.verdict,
+            kind: r.map(|r| r.kind.clone()),
+            title: r.map(|r| r.title.clone()),
+            at: r.map(|r| format!("{}:{}", r.log, r.line)),
+            evidence: r
+                .map(|r| {
+                    r.evidence
+                        .iter()
+                        .filter(|e| e.key)
+                        .take(3)
+                        .map(|e| e.text.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            remedy: r.filter(|r| r.kind != "unknown").map(|r| r.remedy.clone()),
+            also: self.findings.iter().map(|f| f.kind.clone()).collect(),
+        }
+    }
+}
+
+impl Summary {
+    /// The lines `ferry upgrade` prints last.
+    pub fn lines(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        match (self.verdict, &self.kind) {
+            (Verdict::Diagnosed, Some(k)) => v.push(format!(
+                "diagnosis: {k} at {}: {}",
+                self.at.as_deref().unwrap_or("?"),
+                self.title.as_deref().unwrap_or("")
+            )),
+            (Verdict::Unknown, _) => v.push(format!(
+                "diagnosis: unknown failure (not in the catalog){}",
+                self.at
+                    .as_deref()
+                    .map(|a| format!(", first error at {a}"))
+                    .unwrap_or_default()
+            )),
+            (Verdict::Incomplete, _) => {
+                v.push("diagnosis: a CRIU log ends without its status line".into())
+            }
+            _ => v.push("diagnosis: no CRIU log shows a failure".into()),
+        }
+        for e in &self.evidence {
+            v.push(format!("  {e}"));
+        }
+        if let Some(r) = &self.remedy {
+            v.push(format!("remedy: {r}"));
+        }
+        if !self.also.is_empty() {
+            v.push(format!("also found: {}", self.also.join(", ")));
+        }
+        v.push("details: ferry diagnose <bundle>".into());
+        v
+    }
+}

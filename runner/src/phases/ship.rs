@@ -30,7 +30,17 @@ pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<String, PhaseError> {
         max_file_bytes: Some(ctx.config.ship.max_file_mib * 1024 * 1024),
         ..BundleOptions::default()
     };
+    let diagnosis = crate::diagnose::load_run_diagnosis(ctx.run);
+    let mut timeline =
+        crate::report::Timeline::from_json(&serde_json::to_value(&ctx.state).unwrap_or_default());
+    timeline.result = result.to_string();
+    let report_html = crate::report::html(&timeline, diagnosis.as_ref());
+    let diagnosis_file = ctx.run.root.join(crate::diagnose::RUN_FILE);
     let manifest = write_bundle(&path, options, run_meta(ctx, result), |w| {
+        w.add_bytes("report.html", report_html.as_bytes())?;
+        if diagnosis_file.exists() {
+            w.add_path("diagnosis.json", &diagnosis_file)?;
+        }
         w.add_path("state.json", &ctx.run.state_file())?;
         w.add_dir("logs", &ctx.run.logs())?;
         w.add_dir("firewall", &ctx.run.firewall())?;
@@ -71,5 +81,6 @@ fn run_meta(ctx: &Ctx<'_>, result: &str) -> serde_json::Value {
         "kernel_after": ctx.state.kernel_after,
         "boot_ids": ctx.state.boot_ids,
         "phases": phases,
+        "diagnosis": crate::diagnose::load_run_diagnosis(ctx.run),
     })
 }

@@ -1,0 +1,327 @@
+//! `ferry pull`: list the bundles in a backend, fetch the chosen ones,
+//! verify every file against the manifest's sha256 and extract them safely.
+//!
+//! Everything here talks to a `&dyn Backend`: `dir` is the only backend
+//! today; S3, Dropbox and GitHub plug in through [`open_backend`] without
+//! touching the listing, filtering or verification.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_uploaders::bundle::ExtractLimits;
+use ferry_uploaders::{Backend, BackendError, BundleError, BundleReader, DirBackend};
+use serde::Serialize;
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(
+        "backend {0:?} is not available in this ferry (only `dir` is); use --backend dir --dir PATH"
+    )]
+    UnknownBackend(String),
+    #[error("the dir backend needs a directory: pass --dir PATH or set ship.dir in ferry.toml")]
+    NoDir,
+    #[error(
+        "--since {0:?} is neither a duration (30m, 12h, 7d) nor a date (2026-01-31 or 2026-01-31T12:00:00Z)"
+    )]
+    BadSince(String),
+    #[error("cannot create {path}: {error}; choose a writable --extract directory")]
+    Create {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// A bundle as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    /// Last modified, Unix seconds.
+    pub modified: u64,
+    pub host: Option<String>,
+    pub run_id: Option<String>,
+    pub stage: Option<String>,
+    pub result: Option<String>,
+}
+
+/// Which bundles to pick.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub run: Option<String>,
+    pub host: Option<String>,
+    pub result: Option<String>,
+    pub since: Option<SystemTime>,
+    pub newest: Option<usize>,
+}
+
+/// Opens a backend by name. The seam for S3/Dropbox/GitHub.
+pub fn open_backend(name: &str, dir: Option<&Path>) -> Result<Box<dyn Backend>, PullError> {
+    match name {
+        "dir" => {
+            let dir = dir.ok_or(PullError::NoDir)?;
+            Ok(Box::new(DirBackend::new(dir)?))
+        }
+        other => Err(PullError::UnknownBackend(other.to_string())),
+    }
+}
+
+/// Splits `<host>-<run-id>-<stage>-<result>.tar.gz` (run ids look like
+/// `20261203T120000Z-abc123`; hosts and stages may contain `-`).
+pub fn parse_name(key: &str) -> Option<(String, String, String, String)> {
+    let base = key.rsplit('/').next()?;
+    let stem = base.strip_suffix(".tar.gz")?;
+    let b = stem.as_bytes();
+    for i in 0..b.len() {
+        if i > 0 && b[i - 1] != b'-' {
+            continue;
+        }
+        let rest = &stem[i..];
+        let rb = rest.as_bytes();
+        let is_run = rb.len() > 24
+            && rb[..8].iter().all(u8::is_ascii_digit)
+            && rb[8] == b'T'
+            && rb[9..15].iter().all(u8::is_ascii_digit)
+            && rb[15] == b'Z'
+            && rb[16] == b'-';
+        if !is_run || i == 0 {
+            continue;
+        }
+        let host = &stem[..i - 1];
+        let run_end = 17 + rest[17..].find('-')?;
+        let run = &rest[..run_end];
+        let tail = &rest[run_end + 1..];
+        let (stage, result) = tail.rsplit_once('-')?;
+        return Some((host.into(), run.into(), stage.into(), result.into()));
+    }
+    None
+}
+
+/// Parses `--since`: `30m`, `12h`, `7d`, `2026-01-31`, `2026-01-31T12:00:00Z`.
+pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, PullError> {
+    let bad = || PullError::BadSince(s.to_string());
+    let t = s.trim();
+    let unit = t.chars().last().filter(|c| "smhdw".contains(*c));
+    let count = unit.and_then(|_| t[..t.len() - 1].parse::<u64>().ok());
+    if let (Some(unit), Some(n)) = (unit, count) {
+        {
+            let mult = match unit {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86_400,
+                _ => 604_800,
+            };
+            return now
+                .checked_sub(Duration::from_secs(n.saturating_mul(mult)))
+                .ok_or_else(bad);
+        }
+    }
+    let (date, time) = match t.split_once('T') {
+        Some((d, tm)) => (d, Some(tm.trim_end_matches('Z'))),
+        None => (t, None),
+    };
+    let dp: Vec<&str> = date.split('-').collect();
+    let [y, mo, d] = dp.as_slice() else {
+        return Err(bad());
+    };
+    let (y, mo, d): (i64, i64, i64) = (
+        y.parse().map_err(|_| bad())?,
+        mo.parse().map_err(|_| bad())?,
+        d.parse().map_err(|_| bad())?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    let mut secs = days_from_civil(y, mo, d) * 86_400;
+    if let Some(tm) = time {
+        let tp: Vec<&str> = tm.split(':').collect();
+        let nums: Vec<i64> = tp
+            .iter()
+            .map(|p| p.parse::<i64>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad())?;
+        let (h, m, sec) = match nums.as_slice() {
+            [h, m] => (*h, *m, 0),
+            [h, m, s] => (*h, *m, *s),
+            _ => return Err(bad()),
+        };
+        secs += h * 3600 + m * 60 + sec;
+    }
+    u64::try_from(secs)
+        .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+        .map_err(|_| bad())
+}
+
+/// Howard Hinnant's days_from_civil.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The bundles in `backend` that pass `filter`, newest first.
+pub fn list(backend: &dyn Backend, filter: &Filter) -> Result<Vec<Listed>, PullError> {
+    let mut out: Vec<Listed> = backend
+        .list("")?
+        .into_iter()
+        .filter(|o| o.key.ends_with(".tar.gz"))
+        .map(|o| {
+            let parsed = parse_name(&o.key);
+            let modified = o
+                .modified
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let (host, run_id, stage, result) = match parsed {
+                Some((h, r, s, res)) => (Some(h), Some(r), Some(s), Some(res)),
+                None => (None, None, None, None),
+            };
+            Listed {
+                key: o.key,
+                size: o.size,
+                modified,
+                host,
+                run_id,
+                stage,
+                result,
+            }
+        })
+        .filter(|l| {
+            let field = |want: &Option<String>, have: &Option<String>| match want {
+                None => true,
+                Some(w) => have
+                    .as_deref()
+                    .map_or(l.key.contains(w.as_str()), |h| h == w),
+            };
+            let since_ok = filter.since.is_none_or(|s| {
+                let s = s.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                l.modified >= s
+            });
+            let run_ok = match &filter.run {
+                None => true,
+                Some(w) => {
+                    l.run_id
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with(w.as_str()))
+                        || l.key.contains(w.as_str())
+                }
+            };
+            run_ok && field(&filter.host, &l.host) && field(&filter.result, &l.result) && since_ok
+        })
+        .collect();
+    out.sort_by(|a, b| b.modified.cmp(&a.modified).then_with(|| b.key.cmp(&a.key)));
+    if let Some(n) = filter.newest {
+        out.truncate(n);
+    }
+    Ok(out)
+}
+
+/// What [`fetch`] did with one bundle.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pulled {
+    pub key: String,
+    pub bundle: PathBuf,
+    pub extracted_to: PathBuf,
+    pub files_verified: usize,
+    pub bytes_extracted: u64,
+}
+
+/// Downloads `item` into `dest`, verifies every file against the manifest
+/// and extracts it beside the download (`<dest>/<name without .tar.gz>/`).
+/// A bundle that fails verification is deleted and nothing is extracted.
+pub fn fetch(
+    backend: &dyn Backend,
+    item: &Listed,
+    dest: &Path,
+    limits: &ExtractLimits,
+) -> Result<Pulled, PullError> {
+    std::fs::create_dir_all(dest).map_err(|error| PullError::Create {
+        path: dest.to_path_buf(),
+        error,
+    })?;
+    let base = item.key.rsplit('/').next().unwrap_or(&item.key);
+    let bundle = dest.join(base);
+    backend.get(&item.key, &bundle)?;
+    let checked = BundleReader::open(&bundle).and_then(|r| {
+        let report = r.verify()?.into_result(&bundle)?;
+        Ok((r, report))
+    });
+    let (reader, report) = match checked {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = std::fs::remove_file(&bundle);
+            return Err(e.into());
+        }
+    };
+    let dir = dest.join(base.strip_suffix(".tar.gz").unwrap_or(base));
+    let summary = reader.extract_to(&dir, limits)?;
+    Ok(Pulled {
+        key: item.key.clone(),
+        bundle,
+        extracted_to: dir,
+        files_verified: report.checked,
+        bytes_extracted: summary.bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_from_both_ends() {
+        assert_eq!(
+            parse_name("ci-runner-7-20261203T120000Z-abc123-prepare-restore-called_off.tar.gz"),
+            Some((
+                "ci-runner-7".into(),
+                "20261203T120000Z-abc123".into(),
+                "prepare-restore".into(),
+                "called_off".into()
+            ))
+        );
+        assert_eq!(
+            parse_name("x/h-20261203T120000Z-abc123-dump-failed.tar.gz").map(|p| p.0),
+            Some("h".into())
+        );
+        assert_eq!(parse_name("random.tar.gz"), None);
+        assert_eq!(
+            parse_name("20261203T120000Z-abc123-dump-failed.tar.gz"),
+            None
+        );
+    }
+
+    #[test]
+    fn since_accepts_durations_and_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(
+            parse_since("1h", now).unwrap(),
+            now - Duration::from_secs(3600)
+        );
+        assert_eq!(
+            parse_since("2026-01-31T12:00:00Z", now).unwrap(),
+            UNIX_EPOCH + Duration::from_secs(1_769_860_800)
+        );
+        assert_eq!(
+            parse_since("1970-01-02", now).unwrap(),
+            UNIX_EPOCH + Duration::from_secs(86_400)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-01",
+            "5x",
+            "2026-01-01T1:2:3:4",
+        ] {
+            assert!(parse_since(bad, now).is_err(), "{bad}");
+        }
+    }
+}

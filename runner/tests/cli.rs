@@ -1,0 +1,459 @@
+//! The real `ferry` binary: diagnose, report and pull, on good bundles and
+//! on hostile ones (tar slip, symlink escape, absolute path, gzip bomb,
+//! truncated gzip, manifest hash mismatch).
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use common::{Ferry, fixtures};
+use ferry_uploaders::{BundleOptions, Manifest, write_bundle};
+use sha2::{Digest, Sha256};
+
+/// A run directory like the one a failed trip leaves.
+fn run_dir(root: &Path, restore_fixture: &str) -> PathBuf {
+    let run = root.join("run");
+    let logs = run.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::copy(
+        fixtures().join("traps/harmless-errors-success.log"),
+        logs.join("dump.log"),
+    )
+    .unwrap();
+    std::fs::copy(fixtures().join(restore_fixture), logs.join("restore.log")).unwrap();
+    std::fs::copy(
+        fixtures().join("dmesg/dmesg-segfault.txt"),
+        logs.join("dmesg-after-reboot.txt"),
+    )
+    .unwrap();
+    let state = serde_json::json!({
+        "run_id": "20261203T120000Z-abc123", "host": "ci-runner-7",
+        "kernel_before": "6.1.0-28-amd64", "kernel_after": null,
+        "outcome": {"result": "failed"},
+        "phases": [
+            {"name": "preflight", "result": "ok", "boot_id": "11111111-a", "start_unix_nano": 1_000_000_000u64, "end_unix_nano": 1_400_000_000u64},
+            {"name": "dump", "result": "ok", "boot_id": "11111111-a", "start_unix_nano": 2_000_000_000u64, "end_unix_nano": 4_000_000_000u64},
+            {"name": "handoff", "result": "ok", "boot_id": "11111111-a", "start_unix_nano": 4_000_000_000u64, "end_unix_nano": 4_500_000_000u64},
+            {"name": "restore", "result": "failed", "boot_id": "22222222-b", "start_unix_nano": 30_000_000_000u64, "end_unix_nano": 31_000_000_000u64, "error": "criu restore failed"}
+        ]
+    });
+    std::fs::write(
+        run.join("state.json"),
+        serde_json::to_vec_pretty(&state).unwrap(),
+    )
+    .unwrap();
+    run
+}
+
+fn bundle_of(run: &Path, dest: &Path) -> PathBuf {
+    write_bundle(
+        dest,
+        BundleOptions::default(),
+        serde_json::json!({"run_id": "x"}),
+        |w| {
+            w.add_path("state.json", &run.join("state.json"))?;
+            w.add_dir("logs", &run.join("logs"))
+        },
+    )
+    .unwrap();
+    dest.to_path_buf()
+}
+
+#[test]
+fn diagnose_a_log_human_and_json() {
+    Ferry::new()
+        .arg("diagnose")
+        .arg(fixtures().join("criu/pid-in-use.log"))
+        .run()
+        .code(1)
+        .stdout_has("root cause: pid-in-use")
+        .stdout_has("remedy: Restore in a fresh pid namespace")
+        .stdout_has("Can't fork for 15047: File exists");
+    let r = Ferry::new()
+        .arg("diagnose")
+        .arg("--json")
+        .arg(fixtures().join("criu/ghost-limit.log"))
+        .run()
+        .code(1);
+    let j = r.json();
+    assert_eq!(j["verdict"], "diagnosed");
+    assert_eq!(j["root_cause"]["kind"], "ghost-limit");
+    assert_eq!(j["logs"][0]["status"], "failed");
+}
+
+#[test]
+fn diagnose_a_successful_log_exits_0() {
+    Ferry::new()
+        .arg("diagnose")
+        .arg(fixtures().join("traps/harmless-errors-success.log"))
+        .run()
+        .code(0)
+        .stdout_has("no CRIU log shows a failure");
+}
+
+#[test]
+fn diagnose_unknown_shows_relevant_lines_without_guessing() {
+    Ferry::new()
+        .arg("diagnose")
+        .arg(fixtures().join("traps/unknown-error.log"))
+        .run()
+        .code(1)
+        .stdout_has("root cause: unknown")
+        .stdout_has("Can't dump packet socket with rings")
+        .stdout_lacks("root cause: shell-job");
+}
+
+#[test]
+fn diagnose_missing_input_names_it() {
+    Ferry::new()
+        .arg("diagnose")
+        .arg("/nonexistent/dump.log")
+        .run()
+        .code(2)
+        .stderr_has("/nonexistent/dump.log");
+}
+
+#[test]
+fn diagnose_and_report_a_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_dir(tmp.path(), "criu/tty-index-busy.log");
+    let b = bundle_of(
+        &run,
+        &tmp.path()
+            .join("h-20261203T120000Z-abc123-restore-failed.tar.gz"),
+    );
+    Ferry::new()
+        .arg("diagnose")
+        .arg(&b)
+        .run()
+        .code(1)
+        .stdout_has("root cause: tty-index-busy")
+        .stdout_has("logs/restore.log:")
+        .stdout_has("dmesg-segfault");
+    let html = tmp.path().join("report.html");
+    Ferry::new()
+        .arg("report")
+        .arg(&b)
+        .arg("--html")
+        .arg(&html)
+        .run()
+        .code(0)
+        .stdout_has("boot gap: 25.5 s")
+        .stdout_has("restore          failed")
+        .stdout_has("diagnosis: tty-index-busy at logs/restore.log:");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("tty-index-busy"));
+    // And straight from the run directory.
+    Ferry::new()
+        .arg("report")
+        .arg(&run)
+        .run()
+        .code(0)
+        .stdout_has("run 20261203T120000Z-abc123 on ci-runner-7: failed");
+}
+
+#[test]
+fn pull_lists_filters_verifies_and_extracts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let run = run_dir(tmp.path(), "criu/pid-in-use.log");
+    bundle_of(
+        &run,
+        &store.join("ci-a-20261203T120000Z-abc123-restore-failed.tar.gz"),
+    );
+    bundle_of(
+        &run,
+        &store.join("ci-b-20261204T120000Z-def456-finish-succeeded.tar.gz"),
+    );
+    std::fs::write(store.join("notes.txt"), "not a bundle").unwrap();
+    let r = Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(&store)
+        .arg("--json")
+        .run()
+        .code(0);
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
+    let r = Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(&store)
+        .arg("--json")
+        .arg("--result")
+        .arg("failed")
+        .run()
+        .code(0);
+    let j = r.json();
+    assert_eq!(j.as_array().unwrap().len(), 1);
+    assert_eq!(j[0]["host"], "ci-a");
+    assert_eq!(j[0]["run_id"], "20261203T120000Z-abc123");
+    let r = Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(&store)
+        .arg("--json")
+        .arg("--host")
+        .arg("ci-b")
+        .run()
+        .code(0);
+    assert_eq!(r.json()[0]["stage"], "finish");
+    let r = Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(&store)
+        .arg("--json")
+        .arg("--since")
+        .arg("1h")
+        .arg("--newest")
+        .arg("1")
+        .run()
+        .code(0);
+    assert_eq!(r.json().as_array().unwrap().len(), 1);
+    let out = tmp.path().join("out");
+    Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(&store)
+        .arg("--run")
+        .arg("20261203T120000Z")
+        .arg("--extract")
+        .arg(&out)
+        .run()
+        .code(0)
+        .stdout_has("files verified");
+    let extracted = out.join("ci-a-20261203T120000Z-abc123-restore-failed");
+    assert!(extracted.join("logs/restore.log").is_file());
+    Ferry::new()
+        .arg("diagnose")
+        .arg(&extracted)
+        .run()
+        .code(1)
+        .stdout_has("pid-in-use");
+    Ferry::new()
+        .arg("pull")
+        .arg("--backend")
+        .arg("s3")
+        .arg("--dir")
+        .arg(&store)
+        .run()
+        .code(2)
+        .stderr_has("only `dir`");
+    Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(&store)
+        .arg("--since")
+        .arg("yesterday")
+        .run()
+        .code(2)
+        .stderr_has("--since");
+}
+
+// ---------------------------------------------------------------- hostile archives
+
+enum E<'a> {
+    File(&'a str, &'a [u8]),
+    Symlink(&'a str, &'a str),
+}
+
+/// A tar.gz written byte by byte (the tar crate refuses the hostile names),
+/// with a manifest that lists every regular file with its true hash unless
+/// `lie` names one to misstate.
+fn hostile(path: &Path, entries: &[E<'_>], lie: Option<&str>) {
+    let mut tar = Vec::new();
+    let mut files = Vec::new();
+    let mut put = |name: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>| {
+        let mut h = tar::Header::new_gnu();
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(l) = link {
+            gnu.linkname[..l.len()].copy_from_slice(l.as_bytes());
+        }
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_cksum();
+        tar.extend_from_slice(h.as_bytes());
+        tar.extend_from_slice(data);
+        tar.resize(tar.len().div_ceil(512) * 512, 0);
+    };
+    for e in entries {
+        match e {
+            E::File(n, d) => {
+                put(n, tar::EntryType::Regular, d, None);
+                let mut sha = hex::encode(Sha256::digest(d));
+                if lie == Some(*n) {
+                    sha = "0".repeat(64);
+                }
+                files.push(
+                    serde_json::json!({"path": n, "size": d.len(), "sha256": sha,
+                    "truncated": false, "redacted": 0, "source_size": d.len()}),
+                );
+            }
+            E::Symlink(n, t) => put(n, tar::EntryType::Symlink, b"", Some(t)),
+        }
+    }
+    let manifest = serde_json::json!({"format": 1, "ferry_version": "0.1.0",
+        "created": "2026-12-03T00:00:00Z", "run": {}, "files": files});
+    let _: Manifest = serde_json::from_value(manifest.clone()).unwrap();
+    put(
+        "manifest.json",
+        tar::EntryType::Regular,
+        &serde_json::to_vec(&manifest).unwrap(),
+        None,
+    );
+    tar.extend_from_slice(&[0u8; 1024]);
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(path).unwrap(),
+        flate2::Compression::fast(),
+    );
+    gz.write_all(&tar).unwrap();
+    gz.finish().unwrap();
+}
+
+fn store_with(tmp: &Path, name: &str, build: impl FnOnce(&Path)) -> PathBuf {
+    let store = tmp.join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    build(&store.join(name));
+    store
+}
+
+const DUMP: &[u8] = b"(00.000001) Error (criu/files-reg.c:945): Can't dump ghost file /tmp/x of 16777216 size, increase limit\n";
+
+fn pull_refuses(tmp: &Path, store: &Path, expect: &str) {
+    let out = tmp.join("out");
+    Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(store)
+        .arg("--extract")
+        .arg(&out)
+        .arg("--max-extract-mib")
+        .arg("16")
+        .run()
+        .code(2)
+        .stderr_has(expect);
+}
+
+#[test]
+fn tar_slip_is_refused_by_pull_and_diagnose() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "h-20261203T120000Z-abc123-dump-failed.tar.gz";
+    let store = store_with(tmp.path(), name, |p| {
+        hostile(
+            p,
+            &[
+                E::File("logs/dump.log", DUMP),
+                E::File("../../escaped.txt", b"pwned"),
+            ],
+            None,
+        )
+    });
+    pull_refuses(tmp.path(), &store, "`..`");
+    Ferry::new()
+        .arg("diagnose")
+        .arg(store.join(name))
+        .run()
+        .code(2)
+        .stderr_has("refusing to extract");
+    assert!(!tmp.path().join("escaped.txt").exists());
+    assert!(!tmp.path().parent().unwrap().join("escaped.txt").exists());
+}
+
+#[test]
+fn absolute_path_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let target = tmp.path().join("abs-target.txt");
+    let abs = target.to_string_lossy().into_owned();
+    let store = store_with(
+        tmp.path(),
+        "h-20261203T120000Z-abc123-dump-failed.tar.gz",
+        |p| hostile(p, &[E::File(&abs, b"pwned")], None),
+    );
+    pull_refuses(tmp.path(), &store, "absolute");
+    assert!(!target.exists());
+}
+
+#[test]
+fn symlink_escape_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store_with(
+        tmp.path(),
+        "h-20261203T120000Z-abc123-dump-failed.tar.gz",
+        |p| {
+            hostile(
+                p,
+                &[E::Symlink("logs", "/etc"), E::File("logs/dump.log", DUMP)],
+                None,
+            )
+        },
+    );
+    // Not in the manifest, so verification already refuses it.
+    pull_refuses(tmp.path(), &store, "does not match its manifest");
+    assert!(
+        !tmp.path()
+            .join("out")
+            .join("h-20261203T120000Z-abc123-dump-failed")
+            .exists()
+    );
+}
+
+#[test]
+fn gzip_bomb_is_refused_by_the_size_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let zeros = vec![0u8; 32 << 20];
+    let store = store_with(
+        tmp.path(),
+        "h-20261203T120000Z-abc123-dump-failed.tar.gz",
+        |p| hostile(p, &[E::File("logs/dump.log", &zeros)], None),
+    );
+    assert!(
+        std::fs::metadata(store.join("h-20261203T120000Z-abc123-dump-failed.tar.gz"))
+            .unwrap()
+            .len()
+            < 1 << 20
+    );
+    pull_refuses(tmp.path(), &store, "exceeds the limit");
+}
+
+#[test]
+fn truncated_gzip_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_dir(tmp.path(), "criu/pid-in-use.log");
+    let name = "h-20261203T120000Z-abc123-dump-failed.tar.gz";
+    let store = store_with(tmp.path(), name, |p| {
+        bundle_of(&run, p);
+        let bytes = std::fs::read(p).unwrap();
+        std::fs::write(p, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    pull_refuses(tmp.path(), &store, "truncated or corrupt");
+    Ferry::new()
+        .arg("diagnose")
+        .arg(store.join(name))
+        .run()
+        .code(2)
+        .stderr_has("truncated or corrupt");
+    assert!(
+        !tmp.path().join("out").join(name).exists(),
+        "a bad download is not kept"
+    );
+}
+
+#[test]
+fn manifest_hash_mismatch_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let name = "h-20261203T120000Z-abc123-dump-failed.tar.gz";
+    let store = store_with(tmp.path(), name, |p| {
+        hostile(p, &[E::File("logs/dump.log", DUMP)], Some("logs/dump.log"))
+    });
+    pull_refuses(tmp.path(), &store, "content differs for \"logs/dump.log\"");
+    Ferry::new()
+        .arg("diagnose")
+        .arg(store.join(name))
+        .run()
+        .code(2)
+        .stderr_has("does not match its manifest");
+}

@@ -1,0 +1,19 @@
+//! docs/failure-catalog.md is generated from the catalog and must match it.
+
+use std::path::Path;
+
+use ferry::diagnose::catalog::Catalog;
+
+#[test]
+fn failure_catalog_doc_matches_the_catalog() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/failure-catalog.md");
+    let want = Catalog::builtin().markdown();
+    if std::env::var_os("FERRY_BLESS").is_some() {
+        std::fs::write(&path, &want).expect("write docs/failure-catalog.md");
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "docs/failure-catalog.md is out of date: run `FERRY_BLESS=1 cargo test -p ferry --test docs`"
+    );
+}
