@@ -242,6 +242,9 @@ impl Runner for SystemRunner {
         if let Some(tp) = telemetry::child_traceparent(&self.spans) {
             cmd.env("TRACEPARENT", tp);
         }
+        if let Some(ts) = telemetry::child_tracestate(&self.spans) {
+            cmd.env("TRACESTATE", ts);
+        }
         // Its own process group, so a timeout kills `sh -c`'s children too.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let started = Instant::now();

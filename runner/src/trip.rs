@@ -63,6 +63,7 @@ pub fn upgrade(
     telemetry.spans.set_context(crate::telemetry::TraceContext {
         trace_id: trace_id.clone(),
         root_span_id: root_span_id.clone(),
+        tracestate: tracestate.clone(),
         resource: Vec::new(),
     });
 
@@ -121,6 +122,7 @@ pub fn upgrade(
         handoff: Handoff::default(),
         worker_pid: None,
         outcome: None,
+        otel: crate::telemetry::export::capture_env(&|k| std::env::var(k).ok()),
     };
     run.save(&state)?;
     crate::secrets::Secrets::from_env(&|k| std::env::var(k).ok())
@@ -370,7 +372,16 @@ pub fn worker(run: &RunDir, telemetry: &Telemetry) -> Result<(), TripError> {
             }
             phases::prepare_restore::run(c)
         })
-        .and_then(|_| run_phase(&mut ctx, "handoff", phases::handoff::run))
+        .and_then(|_| {
+            // The last chance to ship this boot's spans: bounded, and
+            // whatever is not accepted stays on disk for the next boot.
+            ctx.telemetry.export(
+                ctx.run,
+                &ctx.state,
+                crate::telemetry::export::FLUSH_BEFORE_REBOOT,
+            );
+            run_phase(&mut ctx, "handoff", phases::handoff::run)
+        })
     }));
     let failure = match after_dump {
         Ok(Ok(())) => None,

@@ -11,6 +11,7 @@
 
 mod guest;
 mod image;
+pub mod otlp_receiver;
 mod session;
 pub mod trip;
 pub mod util;

@@ -46,6 +46,11 @@ pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<String, PhaseError> {
         w.add_dir("firewall", &ctx.run.firewall())?;
         if ctx.run.trace_file().exists() {
             w.add_path("trace/otlp.jsonl", &ctx.run.trace_file())?;
+            // The same spans in Jaeger's own JSON: the UI opens it with no
+            // backend ("JSON File" on the search page).
+            let text = std::fs::read_to_string(ctx.run.trace_file()).unwrap_or_default();
+            let jaeger = crate::telemetry::jaeger::from_otlp_lines(&text);
+            w.add_bytes("trace/jaeger.json", jaeger.to_string().as_bytes())?;
         }
         Ok(())
     })

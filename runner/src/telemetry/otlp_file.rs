@@ -27,6 +27,8 @@ pub struct TraceContext {
     pub trace_id: String,
     /// Spans with no parent span hang under this one (the run's root).
     pub root_span_id: String,
+    /// The job's `TRACESTATE`, passed on to child processes.
+    pub tracestate: Option<String>,
     pub resource: Vec<(String, String)>,
 }
 
@@ -291,13 +293,20 @@ fn span_json(trace_id: &str, data: SpanData, end: u64) -> Value {
         .get_str("otel.status_message")
         .unwrap_or("")
         .to_string();
-    let attributes: Vec<Value> = data
+    let mut attributes: Vec<Value> = data
         .fields
         .0
         .iter()
         .filter(|(k, _)| !k.starts_with("otel."))
         .map(|(k, v)| attr_value(k, v))
         .collect();
+    // A task span (a phase) carries its run id, as the CI/CD conventions
+    // require: the span id is unique within the run.
+    if data.fields.get_str(names::ATTR_TASK_NAME).is_some()
+        && data.fields.get_str(names::ATTR_TASK_RUN_ID).is_none()
+    {
+        attributes.push(attr(names::ATTR_TASK_RUN_ID, &data.span_id));
+    }
     let mut span = json!({
         "traceId": trace_id,
         "spanId": data.span_id,
@@ -343,6 +352,7 @@ mod tests {
                 TraceContext {
                     trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
                     root_span_id: "b7ad6b7169203331".into(),
+                    tracestate: None,
                     resource: vec![("service.name".into(), "ferry".into())],
                 },
                 path.clone(),

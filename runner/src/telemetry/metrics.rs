@@ -1,0 +1,238 @@
+//! The run's metrics, computed once when the run ends from its state
+//! (every phase of both boots is recorded there) and written as one
+//! OTLP/JSON `MetricsData` line to `metrics.jsonl`, which the exporter
+//! ships like the spans.
+//!
+//! Points are DELTA (each run adds its own observations): ferry's
+//! processes are short-lived, so cumulative series would restart with every
+//! process. A collector turns them into Prometheus counters with its
+//! `deltatocumulative` processor (see `dashboards/compose/otelcol.yaml`).
+//! The resource is low-cardinality (service, version, host): the run id is
+//! on spans, not on metrics.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+use super::names::{self, DURATION_BOUNDS_S};
+use super::otlp_file::attr;
+use crate::state::{PhaseResult, RunDir, RunState};
+
+const DELTA: u64 = 1;
+
+/// `cicd.pipeline.result` for ferry's outcome.
+pub fn pipeline_result(result: &str) -> &'static str {
+    match result {
+        "succeeded" => "success",
+        "cancelled" => "cancellation",
+        "timeout" => "timeout",
+        _ => "failure",
+    }
+}
+
+#[derive(Default)]
+struct Hist {
+    start: u64,
+    end: u64,
+    count: u64,
+    sum: f64,
+    min: f64,
+    max: f64,
+    buckets: Vec<u64>,
+}
+
+impl Hist {
+    fn observe(&mut self, start: u64, end: u64, secs: f64) {
+        if self.count == 0 {
+            self.start = start;
+            self.min = secs;
+            self.max = secs;
+            self.buckets = vec![0; DURATION_BOUNDS_S.len() + 1];
+        }
+        self.start = self.start.min(start);
+        self.end = self.end.max(end);
+        self.count += 1;
+        self.sum += secs;
+        self.min = self.min.min(secs);
+        self.max = self.max.max(secs);
+        let i = DURATION_BOUNDS_S
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BOUNDS_S.len());
+        self.buckets[i] += 1;
+    }
+
+    fn point(&self, attributes: Vec<Value>) -> Value {
+        json!({
+            "attributes": attributes,
+            "startTimeUnixNano": self.start.to_string(),
+            "timeUnixNano": self.end.to_string(),
+            "count": self.count.to_string(),
+            "sum": self.sum,
+            "bucketCounts": self.buckets.iter().map(u64::to_string).collect::<Vec<_>>(),
+            "explicitBounds": DURATION_BOUNDS_S,
+            "min": self.min,
+            "max": self.max,
+        })
+    }
+}
+
+fn histogram(m: &names::Metric, points: Vec<Value>) -> Value {
+    json!({
+        "name": m.name, "unit": m.unit, "description": m.description,
+        "histogram": { "dataPoints": points, "aggregationTemporality": DELTA },
+    })
+}
+
+fn counter(m: &names::Metric, start: u64, end: u64, value: i64, attributes: Vec<Value>) -> Value {
+    json!({
+        "name": m.name, "unit": m.unit, "description": m.description,
+        "sum": {
+            "dataPoints": [{
+                "attributes": attributes,
+                "startTimeUnixNano": start.to_string(),
+                "timeUnixNano": end.to_string(),
+                "asInt": value.to_string(),
+            }],
+            "aggregationTemporality": DELTA,
+            "isMonotonic": true,
+        },
+    })
+}
+
+/// What a run adds to the metrics, as one `MetricsData` document.
+pub fn run_metrics(
+    state: &RunState,
+    result: &str,
+    error_type: Option<&str>,
+    shipped: Option<(&str, u64)>,
+    now: u64,
+) -> Value {
+    let pipeline = pipeline_result(result);
+    let mut metrics = Vec::new();
+
+    let mut run = Hist::default();
+    let start = state.start_unix_nano.min(now);
+    run.observe(start, now, (now - start) as f64 / 1e9);
+    let mut run_attrs = vec![
+        attr(names::ATTR_PIPELINE_NAME, names::PIPELINE_NAME),
+        attr(names::ATTR_PIPELINE_RUN_STATE, "executing"),
+        attr(names::ATTR_PIPELINE_RESULT, pipeline),
+    ];
+    if let Some(e) = error_type {
+        run_attrs.push(attr(names::ATTR_ERROR_TYPE, e));
+    }
+    metrics.push(histogram(
+        &names::METRIC_RUN_DURATION,
+        vec![run.point(run_attrs)],
+    ));
+
+    if pipeline != "success" {
+        metrics.push(counter(
+            &names::METRIC_RUN_ERRORS,
+            start,
+            now,
+            1,
+            vec![
+                attr(names::ATTR_PIPELINE_NAME, names::PIPELINE_NAME),
+                attr(names::ATTR_ERROR_TYPE, error_type.unwrap_or("_OTHER")),
+            ],
+        ));
+    }
+
+    // Phases: start and end come from one process on one boot.
+    let mut phases: BTreeMap<(String, &'static str, Option<String>), Hist> = BTreeMap::new();
+    for p in &state.phases {
+        let Some(end) = p.end_unix_nano else { continue };
+        let outcome = match p.result {
+            PhaseResult::Ok => "success",
+            PhaseResult::Failed => "failure",
+            PhaseResult::Skipped => "skip",
+            PhaseResult::Running => continue,
+        };
+        let secs = end.saturating_sub(p.start_unix_nano) as f64 / 1e9;
+        phases
+            .entry((p.name.clone(), outcome, p.error_type.clone()))
+            .or_default()
+            .observe(p.start_unix_nano, end.max(p.start_unix_nano), secs);
+    }
+    if !phases.is_empty() {
+        let points = phases
+            .iter()
+            .map(|((name, outcome, error), h)| {
+                let mut a = vec![
+                    attr(names::ATTR_TASK_NAME, name),
+                    attr(names::ATTR_TASK_RUN_RESULT, outcome),
+                ];
+                if let Some(e) = error {
+                    a.push(attr(names::ATTR_ERROR_TYPE, e));
+                }
+                h.point(a)
+            })
+            .collect();
+        metrics.push(histogram(&names::METRIC_PHASE_DURATION, points));
+    }
+
+    if let Some((backend, bytes)) = shipped {
+        metrics.push(counter(
+            &names::METRIC_SHIPPED_BYTES,
+            start,
+            now,
+            bytes as i64,
+            vec![
+                attr(names::ATTR_SHIP_BACKEND, backend),
+                attr(names::ATTR_PIPELINE_RESULT, pipeline),
+            ],
+        ));
+    }
+
+    json!({
+        "resourceMetrics": [{
+            "resource": { "attributes": [
+                attr(names::ATTR_SERVICE_NAME, &super::service_name(state)),
+                attr(names::ATTR_SERVICE_VERSION, env!("CARGO_PKG_VERSION")),
+                attr(names::ATTR_HOST_NAME, &state.host),
+            ]},
+            "scopeMetrics": [{
+                "scope": { "name": "ferry", "version": env!("CARGO_PKG_VERSION") },
+                "metrics": metrics,
+            }],
+        }]
+    })
+}
+
+/// Append the run's metrics to its `metrics.jsonl` (opened and closed
+/// here, like the trace file).
+pub fn record(run: &RunDir, doc: &Value) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(super::export::metrics_file(run))?;
+    f.write_all(format!("{doc}\n").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_map_to_the_conventions() {
+        assert_eq!(pipeline_result("succeeded"), "success");
+        assert_eq!(pipeline_result("failed"), "failure");
+        assert_eq!(pipeline_result("called_off"), "failure");
+    }
+
+    #[test]
+    fn histogram_buckets_add_up() {
+        let mut h = Hist::default();
+        h.observe(1, 2, 0.01);
+        h.observe(1, 3, 7.0);
+        h.observe(1, 3, 1e6);
+        assert_eq!(h.count, 3);
+        assert_eq!(h.buckets.iter().sum::<u64>(), 3);
+        assert_eq!(h.buckets[0], 1);
+        assert_eq!(*h.buckets.last().unwrap(), 1);
+        assert_eq!(h.end, 3);
+    }
+}

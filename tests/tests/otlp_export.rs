@@ -1,0 +1,620 @@
+//! OTLP export of whole runs, without QEMU: the run's phases are driven
+//! through ferry's own `run_phase` and `finishing::conclude` with a fake
+//! command runner, one tracing subscriber per simulated process (and a
+//! boot id per simulated boot), and the spans go through the real file
+//! layer, exporter and HTTP transport to the strict test receiver.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use ferry::config::Config;
+use ferry::exec::{CommandOutput, CommandSpec, ExecError, Runner, SystemRunner};
+use ferry::phases::{Ctx, PhaseError, run_phase};
+use ferry::state::{Handoff, RunDir, RunState, STATE_FORMAT};
+use ferry::telemetry::export::{self, ExportConfig, HttpTransport};
+use ferry::telemetry::otlp_file::OtlpFileLayer;
+use ferry::telemetry::{Telemetry, context_of, ids, names};
+use ferry_tests::otlp_receiver::{Mode, OtlpReceiver, RxSpan};
+use tracing_subscriber::prelude::*;
+
+/// Runs nothing; each command is an `exec` span like the real runner's.
+struct FakeRunner;
+
+impl Runner for FakeRunner {
+    fn run(&self, spec: &CommandSpec) -> Result<CommandOutput, ExecError> {
+        let span = tracing::info_span!(
+            "exec",
+            otel.name = %format!("{}{}", names::SPAN_EXEC_PREFIX, spec.program),
+            process.executable.name = %spec.program,
+            process.exit.code = 0,
+        );
+        let _e = span.enter();
+        Ok(CommandOutput {
+            command: spec.program.clone(),
+            code: Some(0),
+            stdout: String::new(),
+            stderr: String::new(),
+            log_file: None,
+            duration: Duration::ZERO,
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Scenario {
+    Succeeds,
+    FailsInDump,
+    FailsInRestore,
+}
+
+struct Sim {
+    _dir: tempfile::TempDir,
+    run: RunDir,
+    config: Config,
+    state: RunState,
+}
+
+const JOB_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn new_sim(otel: BTreeMap<String, String>, traceparent: Option<&str>) -> Sim {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path().join("run"));
+    run.create().unwrap();
+    let mut config = Config::default();
+    config.ship.dir = dir.path().join("bundles");
+    let tp = traceparent.and_then(ids::TraceParent::parse);
+    let state = RunState {
+        format: STATE_FORMAT,
+        run_id: "20260101T000000Z-abcdef".into(),
+        ferry_version: "test".into(),
+        host: "ci-vm".into(),
+        trace_id: tp
+            .as_ref()
+            .map(|t| t.trace_id.clone())
+            .unwrap_or_else(ids::trace_id),
+        root_span_id: ids::span_id(),
+        parent_span_id: tp.map(|t| t.span_id),
+        tracestate: traceparent.map(|_| "vendor=x".to_string()),
+        start_unix_nano: ids::now_unix_nano(),
+        boot_ids: vec!["boot-a".into()],
+        kernel_before: "6.1.0-old".into(),
+        kernel_after: None,
+        kernel: None,
+        phases: Vec::new(),
+        session: None,
+        plan: serde_json::json!({}),
+        handoff: Handoff::default(),
+        worker_pid: None,
+        outcome: None,
+        otel,
+    };
+    run.save(&state).unwrap();
+    Sim {
+        _dir: dir,
+        run,
+        config,
+        state,
+    }
+}
+
+fn otel_for(endpoint: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        "OTEL_EXPORTER_OTLP_ENDPOINT".to_string(),
+        endpoint.to_string(),
+    )])
+}
+
+/// One process on one boot: its own subscriber and span sink.
+fn in_process<R>(sim: &mut Sim, boot: &str, kernel: &str, f: impl FnOnce(&mut Ctx<'_>) -> R) -> R {
+    let telemetry = Telemetry::default();
+    let subscriber =
+        tracing_subscriber::registry().with(OtlpFileLayer::new(telemetry.spans.clone()));
+    tracing::subscriber::with_default(subscriber, || {
+        let mut tc = context_of(&sim.state);
+        for (k, v) in tc.resource.iter_mut() {
+            if k == names::ATTR_BOOT_ID {
+                *v = boot.to_string();
+            }
+            if k == names::ATTR_KERNEL_RELEASE {
+                *v = kernel.to_string();
+            }
+        }
+        telemetry.spans.attach(tc, sim.run.trace_file());
+        let mut ctx = Ctx {
+            config: &sim.config,
+            run: &sim.run,
+            state: sim.state.clone(),
+            runner: &FakeRunner,
+            telemetry: &telemetry,
+        };
+        let r = f(&mut ctx);
+        sim.state = ctx.state;
+        r
+    })
+}
+
+fn ok(_: &mut Ctx<'_>) -> Result<(), PhaseError> {
+    Ok(())
+}
+
+/// The worker's side: phases up to the reboot, with the bounded flush.
+fn before_reboot(sim: &mut Sim, scenario: Scenario) -> Option<export::ExportReport> {
+    in_process(sim, "boot-a", "6.1.0-old", |ctx| {
+        for p in ["preflight", "locate", "upgrade", "kernel"] {
+            run_phase(ctx, p, ok).unwrap();
+        }
+        if scenario == Scenario::FailsInDump {
+            let e = run_phase(ctx, "dump", |c| {
+                let _ = c.runner.run(&CommandSpec::new("criu"));
+                Err::<(), _>(PhaseError::new("criu_dump", "criu dump failed"))
+            })
+            .unwrap_err();
+            ferry::finishing::end_before_dump(ctx, "dump", &e);
+            return None;
+        }
+        run_phase(ctx, "dump", |c| {
+            let _ = c.runner.run(&CommandSpec::new("criu"));
+            Ok(())
+        })
+        .unwrap();
+        run_phase(ctx, "prepare-restore", ok).unwrap();
+        let report = ctx
+            .telemetry
+            .export(ctx.run, &ctx.state, export::FLUSH_BEFORE_REBOOT);
+        run_phase(ctx, "handoff", ok).unwrap();
+        Some(report)
+    })
+}
+
+/// `ferry resume` and the finisher on the new boot.
+fn after_reboot(sim: &mut Sim, scenario: Scenario) {
+    sim.state.boot_ids.push("boot-b".into());
+    in_process(sim, "boot-b", "6.12.0-new", |ctx| {
+        run_phase(ctx, "netfilter", ok).unwrap();
+        run_phase(ctx, "fixups", ok).unwrap();
+        if scenario == Scenario::FailsInRestore {
+            let e = run_phase(ctx, "restore", |_| {
+                Err::<(), _>(PhaseError::new("criu_restore", "criu restore failed"))
+            })
+            .unwrap_err();
+            ferry::finishing::conclude(
+                ctx,
+                "failed",
+                Some("restore"),
+                Some(e.message),
+                Some(&e.kind),
+            );
+            return;
+        }
+        run_phase(ctx, "restore", ok).unwrap();
+        run_phase(ctx, "verify", ok).unwrap();
+        ferry::finishing::conclude(ctx, "succeeded", None, None, None);
+    });
+}
+
+fn simulate(sim: &mut Sim, scenario: Scenario) {
+    before_reboot(sim, scenario);
+    if scenario != Scenario::FailsInDump {
+        after_reboot(sim, scenario);
+    }
+}
+
+fn file_spans(run: &RunDir) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.trace_file())
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["resourceSpans"][0]["scopeSpans"]
+                [0]["spans"][0]
+                .clone()
+        })
+        .collect()
+}
+
+/// The tree every run must give: one trace, connected, root last (ship
+/// aside) with the earliest start, every span from the file exactly once.
+fn check_tree(sim: &Sim, spans: &[RxSpan], scenario: Scenario, job_parent: Option<&str>) {
+    let file = file_spans(&sim.run);
+    assert_eq!(spans.len(), file.len(), "every span of the file, once");
+    let ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    assert_eq!(ids.len(), spans.len(), "no span twice");
+    assert!(spans.iter().all(|s| s.trace_id == sim.state.trace_id));
+
+    let roots: Vec<&RxSpan> = spans.iter().filter(|s| s.name == names::SPAN_RUN).collect();
+    assert_eq!(roots.len(), 1);
+    let root = roots[0];
+    assert_eq!(root.span_id, sim.state.root_span_id);
+    assert_eq!(root.parent_span_id, job_parent.unwrap_or(""));
+    assert_eq!(root.kind, 2, "SERVER");
+    assert_eq!(
+        root.start_unix_nano,
+        spans.iter().map(|s| s.start_unix_nano).min().unwrap()
+    );
+    let expected_result = if scenario == Scenario::Succeeds {
+        "success"
+    } else {
+        "failure"
+    };
+    assert_eq!(
+        root.attributes[names::ATTR_PIPELINE_RESULT],
+        expected_result
+    );
+    assert_eq!(root.attributes[names::ATTR_PIPELINE_ACTION], "RUN");
+    if scenario != Scenario::Succeeds {
+        assert_eq!(root.status_code, 2);
+        assert!(root.attributes.contains_key(names::ATTR_ERROR_TYPE));
+    }
+
+    for s in spans.iter().filter(|s| s.name != names::SPAN_RUN) {
+        assert!(
+            ids.contains(s.parent_span_id.as_str()),
+            "{} has a parent in the trace",
+            s.name
+        );
+        assert!(s.resource.contains_key(names::ATTR_BOOT_ID));
+        assert!(s.resource.contains_key(names::ATTR_KERNEL_RELEASE));
+        if s.attributes.contains_key(names::ATTR_TASK_NAME) {
+            assert_eq!(
+                s.parent_span_id, root.span_id,
+                "phase {} under the root",
+                s.name
+            );
+            assert!(s.attributes.contains_key(names::ATTR_TASK_RUN_ID));
+            assert!(s.attributes.contains_key(names::ATTR_TASK_RUN_RESULT));
+        }
+    }
+
+    // Root last in the file, but for the ship phase and its commands.
+    let root_line = file
+        .iter()
+        .position(|s| s["name"] == names::SPAN_RUN)
+        .unwrap();
+    let ship_id = spans
+        .iter()
+        .find(|s| s.name == "ship")
+        .map(|s| s.span_id.clone());
+    for s in &file[root_line + 1..] {
+        let id = s["spanId"].as_str().unwrap();
+        let parent = s["parentSpanId"].as_str().unwrap_or("");
+        assert!(
+            Some(id) == ship_id.as_deref() || Some(parent) == ship_id.as_deref(),
+            "{} follows the root",
+            s["name"]
+        );
+    }
+
+    let names_seen: BTreeSet<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    let mut expected = vec![
+        "preflight",
+        "locate",
+        "upgrade",
+        "kernel",
+        "dump",
+        "collect",
+        "finish",
+        "ship",
+    ];
+    match scenario {
+        Scenario::Succeeds => expected.extend([
+            "prepare-restore",
+            "handoff",
+            "netfilter",
+            "fixups",
+            "restore",
+            "verify",
+        ]),
+        Scenario::FailsInRestore => expected.extend([
+            "prepare-restore",
+            "handoff",
+            "netfilter",
+            "fixups",
+            "restore",
+        ]),
+        Scenario::FailsInDump => {}
+    }
+    for n in expected {
+        assert!(names_seen.contains(n), "no span {n}: {names_seen:?}");
+        assert!(names::all_span_names().contains(&n));
+    }
+    let failed: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.status_code == 2 && s.name != names::SPAN_RUN)
+        .map(|s| s.name.as_str())
+        .collect();
+    match scenario {
+        Scenario::Succeeds => assert!(failed.is_empty(), "{failed:?}"),
+        Scenario::FailsInDump => assert_eq!(failed, vec!["dump"]),
+        Scenario::FailsInRestore => assert_eq!(failed, vec!["restore"]),
+    }
+    let boots: BTreeSet<&str> = spans
+        .iter()
+        .map(|s| s.resource[names::ATTR_BOOT_ID].as_str())
+        .collect();
+    let kernels: BTreeSet<&str> = spans
+        .iter()
+        .map(|s| s.resource[names::ATTR_KERNEL_RELEASE].as_str())
+        .collect();
+    let two = scenario != Scenario::FailsInDump;
+    assert_eq!(boots.len(), if two { 2 } else { 1 }, "{boots:?}");
+    assert_eq!(kernels.len(), if two { 2 } else { 1 });
+    // No span's duration crosses a boot: each span lies within its process.
+    for s in spans.iter().filter(|s| s.name != names::SPAN_RUN) {
+        assert!(s.end_unix_nano >= s.start_unix_nano);
+    }
+}
+
+fn check_metrics(rx: &OtlpReceiver, scenario: Scenario) {
+    let points = rx.points();
+    let run: Vec<_> = points
+        .iter()
+        .filter(|p| p.metric == names::METRIC_RUN_DURATION.name)
+        .collect();
+    assert_eq!(run.len(), 1);
+    assert_eq!(run[0].kind, "histogram");
+    assert_eq!(run[0].temporality, 1, "delta");
+    assert_eq!(run[0].value, 1.0);
+    let expected = if scenario == Scenario::Succeeds {
+        "success"
+    } else {
+        "failure"
+    };
+    assert_eq!(run[0].attributes[names::ATTR_PIPELINE_RESULT], expected);
+    assert!(
+        !run[0].resource.contains_key(names::ATTR_PIPELINE_RUN_ID),
+        "no run id on metrics"
+    );
+    let phases: BTreeSet<&str> = points
+        .iter()
+        .filter(|p| p.metric == names::METRIC_PHASE_DURATION.name)
+        .map(|p| p.attributes[names::ATTR_TASK_NAME].as_str())
+        .collect();
+    assert!(
+        phases.contains("dump") && phases.contains("preflight"),
+        "{phases:?}"
+    );
+    let errors: Vec<_> = points
+        .iter()
+        .filter(|p| p.metric == names::METRIC_RUN_ERRORS.name)
+        .collect();
+    if scenario == Scenario::Succeeds {
+        assert!(errors.is_empty());
+    } else {
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].attributes.contains_key(names::ATTR_ERROR_TYPE));
+    }
+    let shipped: Vec<_> = points
+        .iter()
+        .filter(|p| p.metric == names::METRIC_SHIPPED_BYTES.name)
+        .collect();
+    assert_eq!(shipped.len(), 1);
+    assert!(shipped[0].value > 0.0);
+    for p in &points {
+        let m = names::ALL_METRICS
+            .iter()
+            .find(|m| m.name == p.metric)
+            .expect("listed metric");
+        assert_eq!(p.unit, m.unit);
+        for a in p.attributes.keys() {
+            assert!(
+                m.attributes.contains(&a.as_str()),
+                "{} carries unlisted {a}",
+                m.name
+            );
+        }
+    }
+}
+
+fn scenario_test(scenario: Scenario) {
+    let rx = OtlpReceiver::start().unwrap();
+    let mut sim = new_sim(otel_for(&rx.endpoint()), None);
+    simulate(&mut sim, scenario);
+    assert!(rx.errors().is_empty(), "{:?}", rx.errors());
+    let spans = rx.spans();
+    check_tree(&sim, &spans, scenario, None);
+    check_metrics(&rx, scenario);
+    assert!(
+        rx.requests()
+            .iter()
+            .all(|(p, _)| p == "/v1/traces" || p == "/v1/metrics")
+    );
+    // The bundle's Jaeger JSON holds the same trace.
+    let text = std::fs::read_to_string(sim.run.trace_file()).unwrap();
+    let j = ferry::telemetry::jaeger::from_otlp_lines(&text);
+    assert_eq!(j["data"].as_array().unwrap().len(), 1);
+    assert_eq!(j["data"][0]["traceID"], sim.state.trace_id.as_str());
+    assert_eq!(j["data"][0]["spans"].as_array().unwrap().len(), spans.len());
+}
+
+#[test]
+fn a_successful_run_is_one_tree_across_two_boots() {
+    scenario_test(Scenario::Succeeds);
+}
+
+#[test]
+fn a_run_failing_in_dump_is_one_tree_on_one_boot() {
+    scenario_test(Scenario::FailsInDump);
+}
+
+#[test]
+fn a_run_failing_in_restore_is_one_tree_across_two_boots() {
+    scenario_test(Scenario::FailsInRestore);
+}
+
+#[test]
+fn the_jobs_traceparent_is_the_roots_parent_and_tracestate_is_kept() {
+    let rx = OtlpReceiver::start().unwrap();
+    let mut sim = new_sim(otel_for(&rx.endpoint()), Some(JOB_TRACEPARENT));
+    simulate(&mut sim, Scenario::Succeeds);
+    let spans = rx.spans();
+    assert_eq!(sim.state.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    check_tree(&sim, &spans, Scenario::Succeeds, Some("00f067aa0ba902b7"));
+    let root = spans.iter().find(|s| s.name == names::SPAN_RUN).unwrap();
+    assert_eq!(root.trace_state, "vendor=x");
+}
+
+#[test]
+fn every_child_process_gets_its_own_traceparent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = new_sim(BTreeMap::new(), Some(JOB_TRACEPARENT));
+    let trace_file = sim.run.trace_file();
+    let _ = &dir;
+    let outputs = in_process(&mut sim, "boot-a", "6.1.0-old", |ctx| {
+        let runner = SystemRunner::new(ctx.telemetry.spans.clone(), Vec::new());
+        run_phase(ctx, "upgrade", |_| {
+            let mut outs = Vec::new();
+            for _ in 0..2 {
+                let out = runner
+                    .run(
+                        &CommandSpec::new("sh")
+                            .args(["-c", "printf '%s %s' \"$TRACEPARENT\" \"$TRACESTATE\""]),
+                    )
+                    .map_err(|e| PhaseError::new("x", e.to_string()))?;
+                outs.push(out.stdout);
+            }
+            Ok(outs)
+        })
+        .unwrap()
+    });
+    let spans: Vec<serde_json::Value> = std::fs::read_to_string(trace_file)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["resourceSpans"][0]["scopeSpans"]
+                [0]["spans"][0]
+                .clone()
+        })
+        .collect();
+    let execs: Vec<&serde_json::Value> = spans.iter().filter(|s| s["name"] == "exec sh").collect();
+    assert_eq!(execs.len(), 2);
+    let mut parents = BTreeSet::new();
+    for (out, exec) in outputs.iter().zip(&execs) {
+        let (tp, ts) = out.split_once(' ').unwrap();
+        let tp = ids::TraceParent::parse(tp).expect("a valid traceparent");
+        assert_eq!(tp.trace_id, sim.state.trace_id);
+        assert_eq!(
+            tp.span_id,
+            exec["spanId"].as_str().unwrap(),
+            "the command's own span is its parent"
+        );
+        assert_eq!(ts, "vendor=x");
+        parents.insert(tp.span_id);
+    }
+    assert_eq!(parents.len(), 2, "each child its own");
+}
+
+fn dead_port() -> u16 {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_dead_collector_costs_nothing_and_the_spans_are_sent_once_when_it_is_back() {
+    let mut sim = new_sim(otel_for(&format!("http://127.0.0.1:{}", dead_port())), None);
+    let t = Instant::now();
+    let report = before_reboot(&mut sim, Scenario::Succeeds).unwrap();
+    let flush = t.elapsed();
+    eprintln!("bench: flush before the kexec with a dead collector: {flush:?}");
+    assert!(report.pending);
+    assert_eq!(report.spans_sent, 0);
+    after_reboot(&mut sim, Scenario::Succeeds);
+    assert!(t.elapsed() < Duration::from_secs(60), "does not hang");
+    assert_eq!(export::load_cursor(&sim.run).traces, 0);
+    assert!(!file_spans(&sim.run).is_empty(), "spans are on disk");
+
+    // The collector is back (here: somewhere else; the cursor is the run's).
+    let rx = OtlpReceiver::start().unwrap();
+    let cfg =
+        ExportConfig::from_env(&|k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| rx.endpoint()));
+    let r = export::export_run(&sim.run, &cfg, &HttpTransport, Duration::from_secs(20));
+    assert!(!r.pending, "{r:?}");
+    check_tree(&sim, &rx.spans(), Scenario::Succeeds, None);
+    check_metrics(&rx, Scenario::Succeeds);
+    // And never again.
+    let before = rx.requests().len();
+    let r = export::export_run(&sim.run, &cfg, &HttpTransport, Duration::from_secs(20));
+    assert_eq!((r.requests, r.spans_sent), (0, 0));
+    assert_eq!(rx.requests().len(), before);
+    assert!(rx.errors().is_empty());
+}
+
+#[test]
+fn a_hanging_collector_bounds_the_flush_and_loses_nothing() {
+    let rx = OtlpReceiver::start().unwrap();
+    rx.set_mode(Mode::Hang);
+    let mut otel = otel_for(&rx.endpoint());
+    otel.insert("OTEL_EXPORTER_OTLP_TIMEOUT".into(), "30000".into());
+    let mut sim = new_sim(otel, None);
+    let t = Instant::now();
+    let report = before_reboot(&mut sim, Scenario::Succeeds).unwrap();
+    let elapsed = t.elapsed();
+    eprintln!(
+        "bench: flush before the kexec with a hanging collector: {elapsed:?} (budget {:?})",
+        export::FLUSH_BEFORE_REBOOT
+    );
+    assert!(report.pending, "{report:?}");
+    assert!(!rx.requests().is_empty(), "the collector was reached");
+    assert!(rx.spans().is_empty());
+    // Generous: the point is that it does not wait for the 30 s timeout.
+    assert!(elapsed < Duration::from_secs(15), "{elapsed:?}");
+    assert_eq!(export::load_cursor(&sim.run).traces, 0);
+
+    // The collector answers again by the time the run ends.
+    rx.set_mode(Mode::Accept);
+    after_reboot(&mut sim, Scenario::Succeeds);
+    assert!(rx.errors().is_empty(), "{:?}", rx.errors());
+    check_tree(&sim, &rx.spans(), Scenario::Succeeds, None);
+}
+
+#[test]
+fn headers_come_from_the_secrets_file_not_the_state() {
+    let rx = OtlpReceiver::start().unwrap();
+    let mut sim = new_sim(otel_for(&rx.endpoint()), None);
+    ferry::secrets::Secrets::from_env(&|k| {
+        (k == "OTEL_EXPORTER_OTLP_HEADERS").then(|| "x-api-key=s3cr%3Dt,x-team=ci".to_string())
+    })
+    .save(&sim.run)
+    .unwrap();
+    simulate(&mut sim, Scenario::FailsInDump);
+    let reqs = rx.requests();
+    assert!(!reqs.is_empty());
+    for (_, h) in &reqs {
+        assert_eq!(h.get("x-api-key").map(String::as_str), Some("s3cr=t"));
+        assert_eq!(h.get("x-team").map(String::as_str), Some("ci"));
+    }
+    let state = std::fs::read_to_string(sim.run.state_file()).unwrap();
+    assert!(!state.contains("s3cr"));
+    assert!(state.contains("OTEL_EXPORTER_OTLP_ENDPOINT"));
+}
+
+#[test]
+fn sdk_disabled_means_no_request_and_spans_still_on_disk() {
+    let rx = OtlpReceiver::start().unwrap();
+    let mut otel = otel_for(&rx.endpoint());
+    otel.insert("OTEL_SDK_DISABLED".into(), "true".into());
+    let mut sim = new_sim(otel, None);
+    simulate(&mut sim, Scenario::FailsInDump);
+    assert!(rx.requests().is_empty());
+    assert!(file_spans(&sim.run).len() > 5);
+}
+
+#[test]
+fn service_name_and_resource_attributes_of_the_job_are_on_every_span() {
+    let rx = OtlpReceiver::start().unwrap();
+    let mut otel = otel_for(&rx.endpoint());
+    otel.insert("OTEL_SERVICE_NAME".into(), "ci-upgrades".into());
+    otel.insert(
+        "OTEL_RESOURCE_ATTRIBUTES".into(),
+        "deployment.environment=ci,team=infra%20ops,service.name=ignored".into(),
+    );
+    let mut sim = new_sim(otel, None);
+    simulate(&mut sim, Scenario::FailsInDump);
+    let spans = rx.spans();
+    assert!(!spans.is_empty());
+    for s in &spans {
+        assert_eq!(s.resource["service.name"], "ci-upgrades");
+        assert_eq!(s.resource["team"], "infra ops");
+        assert_eq!(s.resource["deployment.environment"], "ci");
+    }
+    let p = &rx.points()[0];
+    assert_eq!(p.resource["service.name"], "ci-upgrades");
+}
