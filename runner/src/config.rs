@@ -88,6 +88,8 @@ pub struct CriuConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ShipConfig {
+    /// Where bundles go, in order: `dir`, `s3`, `dropbox`, `github`.
+    pub backends: Vec<String>,
     /// The `dir` backend's directory.
     pub dir: PathBuf,
     /// Largest size of one file in a bundle; bigger logs keep head and tail.
@@ -130,6 +132,7 @@ impl Default for CriuConfig {
 impl Default for ShipConfig {
     fn default() -> Self {
         ShipConfig {
+            backends: vec!["dir".into()],
             dir: PathBuf::from("/var/lib/ferry/bundles"),
             max_file_mib: 64,
         }
@@ -152,6 +155,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "criu.restore_timeout_secs",
         "FERRY_CRIU_RESTORE_TIMEOUT_SECS",
     ),
+    ("ship.backends", "FERRY_SHIP_BACKENDS"),
     ("ship.dir", "FERRY_SHIP_DIR"),
     ("ship.max_file_mib", "FERRY_SHIP_MAX_FILE_MIB"),
     ("testing.skip_externals", "FERRY_TESTING_SKIP_EXTERNALS"),
@@ -170,6 +174,23 @@ pub const SECRET_VARS: &[&str] = &[
     "GITHUB_TOKEN",
     "OTEL_EXPORTER_OTLP_HEADERS",
     "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+];
+
+/// Environment variables the backends read that are not secrets but must
+/// reach the units that run after the reboot (they inherit nothing from the
+/// job): kept with the secrets in the run's 0600 file, never masked.
+pub const BACKEND_VARS: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "DROPBOX_APP_KEY",
+    "ACTIONS_RESULTS_URL",
+    "GITHUB_REPOSITORY",
+    "GITHUB_RUN_ID",
+    "GITHUB_RUN_ATTEMPT",
+    "GITHUB_JOB",
+    "GITHUB_API_URL",
+    "GITHUB_ACTIONS",
 ];
 
 impl Config {
@@ -276,9 +297,17 @@ fn insert(table: &mut toml::Table, dotted: &str, value: toml::Value) {
     }
 }
 
-/// Read an environment value with the type of the key's default.
+/// Read an environment value with the type of the key's default (a list
+/// is comma-separated: `FERRY_SHIP_BACKENDS=dir,s3`).
 fn parse_env_value(raw: &str, default: Option<&toml::Value>) -> Result<toml::Value, String> {
     match default {
+        Some(toml::Value::Array(_)) => Ok(toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        )),
         Some(toml::Value::Boolean(_)) => match raw.trim().to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
             "0" | "false" | "no" | "off" | "" => Ok(toml::Value::Boolean(false)),
@@ -333,6 +362,17 @@ mod tests {
         assert!(!cfg.upgrade.enabled);
         assert_eq!(cfg.criu.min_free_mib, 12);
         assert_eq!(cfg.kernel.path, Some(PathBuf::from("/boot/vmlinuz-x")));
+    }
+
+    #[test]
+    fn backends_list_from_env_is_comma_separated() {
+        let cfg = Config::load(
+            None,
+            &env_of(&[("FERRY_SHIP_BACKENDS", "dir, s3,,dropbox")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.ship.backends, ["dir", "s3", "dropbox"]);
+        assert_eq!(Config::default().ship.backends, ["dir"]);
     }
 
     #[test]

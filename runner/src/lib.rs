@@ -6,6 +6,7 @@
 //! through [`exec`].
 
 pub mod config;
+pub mod destinations;
 pub mod diagnose;
 pub mod exec;
 pub mod finishing;

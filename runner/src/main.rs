@@ -84,9 +84,10 @@ enum ConfigCommand {
 
 #[derive(clap::Args)]
 struct PullArgs {
-    /// The backend to read (only `dir` today).
-    #[arg(long, default_value = "dir")]
-    backend: String,
+    /// The backend to read: dir, or another of ship.backends (default: the
+    /// first of ship.backends).
+    #[arg(long)]
+    backend: Option<String>,
     /// The dir backend's directory (default: ship.dir of the config).
     #[arg(long, value_name = "PATH")]
     dir: Option<PathBuf>,
@@ -305,12 +306,20 @@ fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow
 /// `ferry pull`.
 fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<ExitCode> {
     use ferry::pull;
-    let dir = match args.dir {
-        Some(d) => Some(d),
-        None if args.backend == "dir" => Some(load_config(config)?.ship.dir),
-        None => None,
+    let mut cfg = load_config(config)?;
+    if let Some(d) = args.dir {
+        cfg.ship.dir = d;
+    }
+    let name = match args.backend {
+        Some(b) => b,
+        None => cfg
+            .ship
+            .backends
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "dir".into()),
     };
-    let backend = pull::open_backend(&args.backend, dir.as_deref())?;
+    let backend = ferry::destinations::open(&name, &cfg, &|k| std::env::var(k).ok())?;
     let since = match &args.since {
         Some(s) => Some(pull::parse_since(s, std::time::SystemTime::now())?),
         None => None,

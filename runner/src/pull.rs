@@ -1,15 +1,15 @@
 //! `ferry pull`: list the bundles in a backend, fetch the chosen ones,
 //! verify every file against the manifest's sha256 and extract them safely.
 //!
-//! Everything here talks to a `&dyn Backend`: `dir` is the only backend
-//! today; S3, Dropbox and GitHub plug in through [`open_backend`] without
-//! touching the listing, filtering or verification.
+//! Everything here talks to a `&dyn Backend` opened by
+//! [`crate::destinations`], so every backend lists, filters and verifies
+//! the same way.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_uploaders::bundle::ExtractLimits;
-use ferry_uploaders::{Backend, BackendError, BundleError, BundleReader, DirBackend};
+use ferry_uploaders::{Backend, BackendError, BundleError, BundleReader};
 use serde::Serialize;
 
 /// Why a pull failed.
@@ -19,12 +19,8 @@ pub enum PullError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Bundle(#[from] BundleError),
-    #[error(
-        "backend {0:?} is not available in this ferry (only `dir` is); use --backend dir --dir PATH"
-    )]
-    UnknownBackend(String),
-    #[error("the dir backend needs a directory: pass --dir PATH or set ship.dir in ferry.toml")]
-    NoDir,
+    #[error(transparent)]
+    Destination(#[from] crate::destinations::DestinationError),
     #[error(
         "--since {0:?} is neither a duration (30m, 12h, 7d) nor a date (2026-01-31 or 2026-01-31T12:00:00Z)"
     )]
@@ -57,17 +53,6 @@ pub struct Filter {
     pub result: Option<String>,
     pub since: Option<SystemTime>,
     pub newest: Option<usize>,
-}
-
-/// Opens a backend by name. The seam for S3/Dropbox/GitHub.
-pub fn open_backend(name: &str, dir: Option<&Path>) -> Result<Box<dyn Backend>, PullError> {
-    match name {
-        "dir" => {
-            let dir = dir.ok_or(PullError::NoDir)?;
-            Ok(Box::new(DirBackend::new(dir)?))
-        }
-        other => Err(PullError::UnknownBackend(other.to_string())),
-    }
 }
 
 /// Splits `<host>-<run-id>-<stage>-<result>.tar.gz` (run ids look like

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
-use crate::config::SECRET_VARS;
+use crate::config::{BACKEND_VARS, SECRET_VARS};
 use crate::state::RunDir;
 
 const FILE: &str = "secrets.json";
@@ -25,11 +25,13 @@ impl std::fmt::Debug for Secrets {
 }
 
 impl Secrets {
-    /// The secret variables set in `env`.
+    /// The secret variables set in `env`, and the backends' other
+    /// variables ([`BACKEND_VARS`]) beside them.
     pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Self {
         Secrets(
             SECRET_VARS
                 .iter()
+                .chain(BACKEND_VARS)
                 .filter_map(|k| env(k).filter(|v| !v.is_empty()).map(|v| (k.to_string(), v)))
                 .collect(),
         )
@@ -48,8 +50,14 @@ impl Secrets {
         s
     }
 
+    /// The secret values (to redact); the backends' plain variables are
+    /// not among them.
     pub fn values(&self) -> Vec<String> {
-        self.0.values().cloned().collect()
+        self.0
+            .iter()
+            .filter(|(k, _)| SECRET_VARS.contains(&k.as_str()))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -101,6 +109,21 @@ mod tests {
         assert!(!format!("{back:?}").contains("sl.secret-token"));
         Secrets::forget(&run);
         assert!(!dir.path().join(FILE).exists());
+    }
+
+    #[test]
+    fn backend_variables_travel_but_are_not_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let s = Secrets::from_env(&|k| match k {
+            "AWS_ACCESS_KEY_ID" => Some("AKIAPLAIN".into()),
+            "AWS_SECRET_ACCESS_KEY" => Some("s3cr3t".into()),
+            _ => None,
+        });
+        s.save(&run).unwrap();
+        let back = Secrets::for_run(&run);
+        assert_eq!(back.get("AWS_ACCESS_KEY_ID"), Some("AKIAPLAIN"));
+        assert_eq!(back.values(), ["s3cr3t"]);
     }
 
     #[test]

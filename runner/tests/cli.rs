@@ -234,12 +234,12 @@ fn pull_lists_filters_verifies_and_extracts() {
     Ferry::new()
         .arg("pull")
         .arg("--backend")
-        .arg("s3")
+        .arg("ftp")
         .arg("--dir")
         .arg(&store)
         .run()
         .code(2)
-        .stderr_has("only `dir`");
+        .stderr_has("unknown backend \"ftp\"");
     Ferry::new()
         .arg("pull")
         .arg("--dir")

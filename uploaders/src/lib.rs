@@ -4,11 +4,16 @@
 //!   run's logs travel in, redacting secrets and capping sizes on the way.
 //! * [`backends`] is the seam to the stores bundles are shipped to
 //!   ([`backends::Backend`]), with the local-directory implementation.
+//! * [`retry`] and [`progress`] are what every remote transfer shares:
+//!   backoff with full jitter, and a bar or plain progress lines.
 
 pub mod backends;
 pub mod bundle;
+pub mod progress;
+pub mod retry;
 
 pub use backends::{Backend, BackendError, DirBackend, Receipt, RemoteObject};
 pub use bundle::{
     BundleError, BundleOptions, BundleReader, BundleWriter, Manifest, bundle_name, write_bundle,
 };
+pub use retry::RetryPolicy;

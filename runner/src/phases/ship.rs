@@ -1,12 +1,13 @@
 //! `ship`: the run's evidence as one tar.gz bundle, put into the backend.
 
-use ferry_uploaders::{Backend, BundleOptions, DirBackend, bundle_name, write_bundle};
+use ferry_uploaders::{BundleOptions, bundle_name, write_bundle};
 use serde_json::json;
 
 use super::{Ctx, PhaseError};
 
-/// Write the bundle into the run directory, then put it into the `dir`
-/// backend; returns where it landed.
+/// Write the bundle into the run directory, then put it into every
+/// configured destination; returns where it landed (the first
+/// destination's location).
 pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<String, PhaseError> {
     let stage = ctx
         .state
@@ -56,13 +57,19 @@ pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<String, PhaseError> {
     })
     .map_err(|e| PhaseError::new("bundle", e.to_string()))?;
     tracing::debug!(files = manifest.files.len(), "bundle written");
-    let backend = DirBackend::new(&ctx.config.ship.dir)
-        .map_err(|e| PhaseError::new("ship_dir", e.to_string()))?;
-    let receipt = backend
-        .put(&name, &path)
-        .map_err(|e| PhaseError::new("ship_dir", e.to_string()))?;
-    tracing::info!(bundle = %receipt.location, size = receipt.size, "bundle shipped");
-    Ok(receipt.location)
+    let secrets = crate::secrets::Secrets::for_run(ctx.run);
+    let env = |k: &str| secrets.get(k).map(str::to_string);
+    let backends = crate::destinations::open_all(ctx.config, &env)
+        .map_err(|e| PhaseError::new("ship_config", e.to_string()))?;
+    let mut first = None;
+    for backend in &backends {
+        let receipt = backend
+            .put(&name, &path)
+            .map_err(|e| PhaseError::new(format!("ship_{}", backend.name()), e.to_string()))?;
+        tracing::info!(backend = backend.name(), bundle = %receipt.location, size = receipt.size, "bundle shipped");
+        first.get_or_insert(receipt.location);
+    }
+    first.ok_or_else(|| PhaseError::new("ship_config", "no destination configured"))
 }
 
 /// What the manifest says about the run.

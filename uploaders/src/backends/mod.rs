@@ -3,6 +3,7 @@
 //! talks to a directory or an object store.
 
 mod dir;
+pub mod http;
 
 use std::fmt;
 use std::io;
