@@ -7,9 +7,13 @@
 //! * [`Session`] is the long-lived `ssh -tt` client whose output lines are
 //!   stamped by the host clock, so its largest gap is the trip's downtime.
 //!
+//! * [`http_fake`] is the HTTP/1.1 server under the protocol fakes, with
+//!   socket-level faults.
+//!
 //! Guest tests are gated by `FERRY_GUEST_TESTS=1` (see [`guest_tests_enabled`]).
 
 mod guest;
+pub mod http_fake;
 mod image;
 pub mod otlp_receiver;
 mod session;
