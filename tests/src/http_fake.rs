@@ -14,7 +14,7 @@
 //! the answer's status) so tests can assert what the client sent.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -585,6 +585,7 @@ fn write_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn get(port: u16, target: &str) -> std::io::Result<String> {
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
