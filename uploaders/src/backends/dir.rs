@@ -9,15 +9,16 @@
 
 use std::ffi::CString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sha2::{Digest, Sha256};
-
-use super::{Backend, BackendError, ErrorKind, Receipt, RemoteObject, TMP_PREFIX, validate_key};
+use super::{
+    Backend, BackendError, CopyError, ErrorKind, Receipt, RemoteObject, TMP_PREFIX, copy_hashed,
+    validate_key,
+};
 
 const NAME: &str = "dir";
 
@@ -92,24 +93,8 @@ impl DirBackend {
         BackendError::from_io(NAME, what, e)
     }
 
-    /// Size and SHA-256 of the file at `path`.
     fn hash_file(&self, path: &Path) -> Result<(u64, String), BackendError> {
-        let mut f = File::open(path)
-            .map_err(|e| self.io_err(format!("cannot open {}", path.display()), e))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 256 << 10];
-        let mut n = 0u64;
-        loop {
-            let k = match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.io_err(format!("cannot read {}", path.display()), e)),
-            };
-            h.update(&buf[..k]);
-            n += k as u64;
-        }
-        Ok((n, hex::encode(h.finalize())))
+        super::hash_file(NAME, path)
     }
 
     /// Compares an existing object with the source's size and hash: a
@@ -169,26 +154,13 @@ impl DirBackend {
             .open(&tmp)
             .map_err(|e| self.io_err(format!("cannot create {}", tmp.display()), e))?;
         let result = (|| {
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 256 << 10];
-            let mut n = 0u64;
-            loop {
-                let k = match src.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(k) => k,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        return Err(self.io_err(format!("cannot read {}", src_path.display()), e));
-                    }
-                };
-                h.update(&buf[..k]);
-                out.write_all(&buf[..k])
-                    .map_err(|e| self.io_err(format!("cannot write {}", tmp.display()), e))?;
-                n += k as u64;
-            }
+            let (n, sha) = copy_hashed(src, &mut out, &mut |_| {}).map_err(|e| match e {
+                CopyError::Read(e) => self.io_err(format!("cannot read {}", src_path.display()), e),
+                CopyError::Write(e) => self.io_err(format!("cannot write {}", tmp.display()), e),
+            })?;
             out.sync_all()
                 .map_err(|e| self.io_err(format!("cannot fsync {}", tmp.display()), e))?;
-            Ok((n, hex::encode(h.finalize())))
+            Ok((n, sha))
         })();
         match result {
             Ok((n, sha)) => Ok((tmp, n, sha)),
@@ -404,6 +376,7 @@ impl Backend for DirBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
     use std::os::unix::fs::PermissionsExt;
 
     fn write(path: &Path, data: &[u8]) {

@@ -10,6 +10,8 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
@@ -214,9 +216,18 @@ pub fn read_body(
     limit: u64,
 ) -> Result<Vec<u8>, BackendError> {
     let mut buf = Vec::new();
-    resp.take(limit)
-        .read_to_end(&mut buf)
-        .map_err(|e| BackendError::from_io(backend, format!("{what}: reading the answer"), e))?;
+    // Whatever stops the read of an answer (a reset, an answer shorter than
+    // its Content-Length, a timeout) is the connection's fault, so it is
+    // retried like any transport failure.
+    resp.take(limit).read_to_end(&mut buf).map_err(|e| {
+        BackendError::new(
+            backend,
+            ErrorKind::Unavailable,
+            format!("{what}: the answer was cut short: {e}"),
+            "the connection failed mid-answer; retry later",
+        )
+        .with_source(e)
+    })?;
     Ok(buf)
 }
 
@@ -230,28 +241,54 @@ pub fn file_body(
     len: u64,
     progress: Option<Progress>,
 ) -> Result<Body, BackendError> {
+    file_body_counted(backend, path, offset, len, progress).map(|(body, _)| body)
+}
+
+/// How many bytes of a [`file_body_counted`] body were read so far: what a
+/// failed attempt takes back from the progress display before the retry.
+#[derive(Debug, Clone, Default)]
+pub struct Sent(Arc<AtomicU64>);
+
+impl Sent {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// [`file_body`], and a counter of the bytes it has read.
+pub fn file_body_counted(
+    backend: &str,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    progress: Option<Progress>,
+) -> Result<(Body, Sent), BackendError> {
     let mut f = File::open(path).map_err(|e| {
         BackendError::from_io(backend, format!("cannot open {}", path.display()), e)
     })?;
     f.seek(SeekFrom::Start(offset)).map_err(|e| {
         BackendError::from_io(backend, format!("cannot seek in {}", path.display()), e)
     })?;
+    let sent = Sent::default();
     let reader = CountingReader {
         inner: f.take(len),
         progress,
+        sent: sent.clone(),
     };
-    Ok(Body::sized(reader, len))
+    Ok((Body::sized(reader, len), sent))
 }
 
 /// Counts the bytes a request body has read into a progress display.
 struct CountingReader<R> {
     inner: R,
     progress: Option<Progress>,
+    sent: Sent,
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.sent.0.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(p) = &self.progress {
             p.advance(n as u64);
         }
@@ -323,6 +360,27 @@ mod tests {
         let s = e.to_string();
         assert!(s.contains("HTTP 429: too many x"), "{s}");
         assert!(s.len() < 700, "{}", s.len());
+    }
+
+    /// Regression: an answer cut short of its Content-Length was classified
+    /// by its io kind (`Other`, permanent), so it was never retried.
+    #[test]
+    fn a_cut_answer_is_transient() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+                .unwrap();
+        });
+        let c = client("t", Timeouts::default()).unwrap();
+        let resp = c.get(format!("http://127.0.0.1:{port}/x")).send().unwrap();
+        let e = read_body("t", "get x", resp, 1 << 20).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        server.join().unwrap();
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! talks to a directory or an object store.
 
 mod dir;
+pub mod github;
 pub mod http;
 
 use std::fmt;
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use dir::DirBackend;
+pub use github::{GithubBackend, GithubConfig};
 
 /// A store bundles are put into and fetched from. Synchronous for now.
 pub trait Backend: Send + Sync {
@@ -285,6 +287,53 @@ pub fn validate_key(backend: &str, key: &str) -> Result<(), BackendError> {
         }
     }
     Ok(())
+}
+
+/// Size and SHA-256 (lowercase hex) of the file at `path`, read once with a
+/// small buffer: what a backend compares with what a store already holds.
+pub fn hash_file(backend: &str, path: &Path) -> Result<(u64, String), BackendError> {
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        BackendError::from_io(backend, format!("cannot open {}", path.display()), e)
+    })?;
+    copy_hashed(&mut f, &mut io::sink(), &mut |_| {}).map_err(|e| match e {
+        CopyError::Read(e) | CopyError::Write(e) => {
+            BackendError::from_io(backend, format!("cannot read {}", path.display()), e)
+        }
+    })
+}
+
+/// Which side of a [`copy_hashed`] failed.
+#[derive(Debug)]
+pub(crate) enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copies `from` into `to` through a 256 KiB buffer, hashing what passes;
+/// `each` is told every chunk's length. Returns the size and the SHA-256
+/// (lowercase hex).
+pub(crate) fn copy_hashed(
+    from: &mut dyn io::Read,
+    to: &mut dyn io::Write,
+    each: &mut dyn FnMut(u64),
+) -> Result<(u64, String), CopyError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut n = 0u64;
+    loop {
+        let k = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CopyError::Read(e)),
+        };
+        h.update(&buf[..k]);
+        to.write_all(&buf[..k]).map_err(CopyError::Write)?;
+        n += k as u64;
+        each(k as u64);
+    }
+    Ok((n, hex::encode(h.finalize())))
 }
 
 /// Prefix of the temporary files backends write before renaming.
