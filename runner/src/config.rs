@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ferry_uploaders::GithubConfig;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ferry/ferry.toml";
@@ -94,6 +95,8 @@ pub struct ShipConfig {
     pub dir: PathBuf,
     /// Largest size of one file in a bundle; bigger logs keep head and tail.
     pub max_file_mib: u64,
+    /// The `github` backend (GitHub Actions artifacts).
+    pub github: GithubConfig,
 }
 
 impl Default for Config {
@@ -135,6 +138,7 @@ impl Default for ShipConfig {
             backends: vec!["dir".into()],
             dir: PathBuf::from("/var/lib/ferry/bundles"),
             max_file_mib: 64,
+            github: GithubConfig::default(),
         }
     }
 }
@@ -158,6 +162,18 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("ship.backends", "FERRY_SHIP_BACKENDS"),
     ("ship.dir", "FERRY_SHIP_DIR"),
     ("ship.max_file_mib", "FERRY_SHIP_MAX_FILE_MIB"),
+    ("ship.github.name_prefix", "FERRY_SHIP_GITHUB_NAME_PREFIX"),
+    (
+        "ship.github.retention_days",
+        "FERRY_SHIP_GITHUB_RETENTION_DAYS",
+    ),
+    ("ship.github.repository", "FERRY_SHIP_GITHUB_REPOSITORY"),
+    ("ship.github.api_url", "FERRY_SHIP_GITHUB_API_URL"),
+    ("ship.github.block_kib", "FERRY_SHIP_GITHUB_BLOCK_KIB"),
+    (
+        "ship.github.upload_concurrency",
+        "FERRY_SHIP_GITHUB_UPLOAD_CONCURRENCY",
+    ),
     ("testing.skip_externals", "FERRY_TESTING_SKIP_EXTERNALS"),
     ("testing.fail_after_dump", "FERRY_TESTING_FAIL_AFTER_DUMP"),
 ];
@@ -191,6 +207,8 @@ pub const BACKEND_VARS: &[&str] = &[
     "GITHUB_JOB",
     "GITHUB_API_URL",
     "GITHUB_ACTIONS",
+    "GITHUB_SERVER_URL",
+    "GITHUB_RETENTION_DAYS",
 ];
 
 impl Config {
@@ -402,6 +420,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("/nonexistent/ferry.toml"), "{msg}");
+    }
+
+    #[test]
+    fn github_keys_come_from_the_environment() {
+        let cfg = Config::load(
+            None,
+            &env_of(&[
+                ("FERRY_SHIP_GITHUB_RETENTION_DAYS", "14"),
+                ("FERRY_SHIP_GITHUB_REPOSITORY", "o/r"),
+                ("FERRY_SHIP_GITHUB_NAME_PREFIX", "logs-"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.ship.github.retention_days, 14);
+        assert_eq!(cfg.ship.github.repository, "o/r");
+        assert_eq!(cfg.ship.github.name_prefix, "logs-");
+        let msg = Config::load(
+            None,
+            &env_of(&[("FERRY_SHIP_GITHUB_RETENTION_DAYS", "a week")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.contains("ship.github.retention_days"), "{msg}");
+    }
+
+    /// The units after the reboot see only what the run kept: every
+    /// variable the github backend reads must be kept, its secrets as
+    /// secrets.
+    #[test]
+    fn the_github_backends_variables_are_kept_for_later_units() {
+        use ferry_uploaders::backends::github::{ENV_VARS, SECRET_ENV_VARS};
+        for v in ENV_VARS {
+            assert!(
+                SECRET_VARS.contains(v) || BACKEND_VARS.contains(v),
+                "{v} is neither in SECRET_VARS nor BACKEND_VARS"
+            );
+        }
+        for v in SECRET_ENV_VARS {
+            assert!(SECRET_VARS.contains(v), "{v} must be masked");
+        }
     }
 
     #[test]

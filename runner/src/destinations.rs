@@ -6,12 +6,12 @@
 
 use std::path::PathBuf;
 
-use ferry_uploaders::{Backend, BackendError, DirBackend};
+use ferry_uploaders::{Backend, BackendError, DirBackend, GithubBackend};
 
 use crate::config::Config;
 
 /// The names `ship.backends` may hold.
-pub const KNOWN: &[&str] = &["dir"];
+pub const KNOWN: &[&str] = &["dir", "github"];
 
 /// Why a destination could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +37,9 @@ pub fn open(
     config: &Config,
     env: Env<'_>,
 ) -> Result<Box<dyn Backend>, DestinationError> {
-    let _ = env;
     match name {
         "dir" => Ok(Box::new(DirBackend::new(dir_root(config))?)),
+        "github" => Ok(Box::new(GithubBackend::from_env(&config.ship.github, env)?)),
         other => Err(DestinationError::Unknown {
             name: other.to_string(),
             known: KNOWN.join(", "),
@@ -80,11 +80,33 @@ mod tests {
             ["dir"]
         );
         let e = open("ftp", &config, &|_| None).err().unwrap().to_string();
-        assert!(e.contains("\"ftp\"") && e.contains("known: dir"), "{e}");
+        assert!(
+            e.contains("\"ftp\"") && e.contains("known: dir, github"),
+            "{e}"
+        );
         config.ship.backends.clear();
         assert!(matches!(
             open_all(&config, &|_| None),
             Err(DestinationError::None)
         ));
+    }
+
+    #[test]
+    fn github_without_credentials_names_them() {
+        let e = open("github", &Config::default(), &|_| None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.starts_with("github backend:")
+                && e.contains("ACTIONS_RUNTIME_TOKEN")
+                && e.contains("GITHUB_TOKEN"),
+            "{e}"
+        );
+        let b = open("github", &Config::default(), &|k| {
+            (k == "GITHUB_TOKEN" || k == "GITHUB_REPOSITORY").then(|| "o/r".to_string())
+        })
+        .unwrap();
+        assert_eq!(b.name(), "github");
     }
 }

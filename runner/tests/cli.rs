@@ -251,6 +251,94 @@ fn pull_lists_filters_verifies_and_extracts() {
         .stderr_has("--since");
 }
 
+// ---------------------------------------------------------------- github
+
+/// `ferry pull` with the environment of a person holding a token, and
+/// nothing of the machine's own GitHub variables.
+fn github_pull(fake: &ferry_tests::fakes::github::GithubFake) -> Ferry {
+    use ferry_tests::fakes::github::{REPO, REST_TOKEN};
+    let mut f = Ferry::new();
+    for v in ferry_uploaders::backends::github::ENV_VARS {
+        f = f.env_remove(v);
+    }
+    f.env("GITHUB_TOKEN", REST_TOKEN)
+        .env("FERRY_SHIP_GITHUB_REPOSITORY", REPO)
+        .env("FERRY_SHIP_GITHUB_API_URL", fake.api_url())
+        .arg("pull")
+        .arg("--backend")
+        .arg("github")
+}
+
+#[test]
+fn pull_from_github_artifacts_raw_and_zipped() {
+    use ferry_tests::fakes::github::{GithubFake, REST_TOKEN, Seed, zip_holding};
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_dir(tmp.path(), "criu/pid-in-use.log");
+    let raw = "ci-a-20261203T120000Z-abc123-restore-failed.tar.gz";
+    let zipped = "ci-b-20261204T120000Z-def456-finish-succeeded.tar.gz";
+    let fake = GithubFake::start().unwrap();
+    for (name, how) in [(raw, Seed::gzip()), (zipped, Seed::zip())] {
+        let data = std::fs::read(bundle_of(&run, &tmp.path().join(name))).unwrap();
+        let body = if name == zipped {
+            zip_holding(name, &data)
+        } else {
+            data
+        };
+        fake.seed(&format!("ferry-{name}"), &body, how);
+    }
+    fake.seed("coverage-report", b"PK\x03\x04", Seed::zip());
+
+    let r = github_pull(&fake).arg("--json").run().code(0);
+    let keys: Vec<_> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["key"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.contains(&raw.to_string()) && keys.contains(&zipped.to_string()));
+    let out = tmp.path().join("out");
+    github_pull(&fake)
+        .arg("--extract")
+        .arg(&out)
+        .run()
+        .code(0)
+        .stdout_has(&format!("{raw}: "))
+        .stdout_has(&format!("{zipped}: "))
+        .stdout_has("files verified")
+        .output_lacks(REST_TOKEN);
+    for name in [raw, zipped] {
+        let dir = out.join(name.strip_suffix(".tar.gz").unwrap());
+        assert!(dir.join("logs/restore.log").is_file(), "{name}");
+    }
+    // The blob host never saw the token.
+    assert!(
+        fake.blob
+            .seen()
+            .iter()
+            .all(|s| s.headers.iter().all(|(k, _)| k != "authorization"))
+    );
+}
+
+#[test]
+fn pull_from_github_without_a_token_names_what_to_set() {
+    let fake = ferry_tests::fakes::github::GithubFake::start().unwrap();
+    github_pull(&fake)
+        .env_remove("GITHUB_TOKEN")
+        .run()
+        .code(2)
+        .stderr_has("github backend")
+        .stderr_has("GITHUB_TOKEN")
+        .stderr_has("ACTIONS_RUNTIME_TOKEN");
+    github_pull(&fake)
+        .env("GITHUB_TOKEN", "ghp_NotTheRightOne42")
+        .run()
+        .code(2)
+        .stderr_has("HTTP 401: Bad credentials")
+        .output_lacks("ghp_NotTheRightOne42");
+}
+
 // ---------------------------------------------------------------- hostile archives
 
 enum E<'a> {

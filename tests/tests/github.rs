@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use ferry_tests::fakes::github::{GithubFake, REPO, REST_TOKEN, Seed};
+use ferry_tests::fakes::github::{GithubFake, REPO, REST_TOKEN, Seed, zip_holding};
 use ferry_tests::http_fake::{Fault, Request, Response};
 use ferry_uploaders::backends::ErrorKind;
 use ferry_uploaders::backends::github::{GithubBackend, GithubConfig, Tuning};
@@ -466,16 +466,6 @@ fn seed_bundle(fake: &GithubFake, tmp: &Path, key: &str, seed: u8, how: Seed) ->
     data
 }
 
-fn zip_of(name: &str, data: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated);
-    w.start_file(name, opts).unwrap();
-    w.write_all(data).unwrap();
-    w.finish().unwrap().into_inner()
-}
-
 #[test]
 fn listing_pages_through_the_repository_and_keeps_ours() {
     let fake = GithubFake::start().unwrap();
@@ -548,7 +538,7 @@ fn download_follows_the_redirect_without_the_token_raw_or_zipped() {
     let zbytes = std::fs::read(&zdata).unwrap();
     fake.seed(
         &format!("ferry-{zkey}"),
-        &zip_of(zkey, &zbytes),
+        &zip_holding(zkey, &zbytes),
         Seed::zip(),
     );
     let b = outside(&fake);

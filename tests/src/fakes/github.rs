@@ -474,6 +474,20 @@ impl GithubFake {
     }
 }
 
+/// The body of a classic artifact: a zip holding `data` as `name`
+/// (deflated, as `upload-artifact` makes them).
+pub fn zip_holding(name: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    // Writing to memory cannot fail but for a bug in the zip crate.
+    if w.start_file(name, opts).is_err() || w.write_all(data).is_err() {
+        return Vec::new();
+    }
+    w.finish().map(|c| c.into_inner()).unwrap_or_default()
+}
+
 pub(crate) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
