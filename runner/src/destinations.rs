@@ -40,10 +40,27 @@ pub fn open(
     match name {
         "dir" => Ok(Box::new(DirBackend::new(dir_root(config))?)),
         "github" => Ok(Box::new(GithubBackend::from_env(&config.ship.github, env)?)),
-        other => Err(DestinationError::Unknown {
-            name: other.to_string(),
-            known: KNOWN.join(", "),
-        }),
+        other => Err(unknown(other)),
+    }
+}
+
+/// Whether backend `name` can take a bundle with the settings and
+/// credentials at hand, decided without sending or creating anything.
+/// Preflight asks it before the trip, so a missing token is found before
+/// the session is frozen, not after the reboot.
+pub fn check_upload(name: &str, config: &Config, env: Env<'_>) -> Result<(), DestinationError> {
+    match name {
+        // Opening it creates its root: the ship does that, and reports.
+        "dir" => Ok(()),
+        "github" => Ok(GithubBackend::from_env(&config.ship.github, env)?.check_upload()?),
+        other => Err(unknown(other)),
+    }
+}
+
+fn unknown(name: &str) -> DestinationError {
+    DestinationError::Unknown {
+        name: name.to_string(),
+        known: KNOWN.join(", "),
     }
 }
 
@@ -89,6 +106,23 @@ mod tests {
             open_all(&config, &|_| None),
             Err(DestinationError::None)
         ));
+    }
+
+    #[test]
+    fn upload_checks_need_the_runtime_inside_actions() {
+        let mut config = Config::default();
+        assert!(check_upload("dir", &config, &|_| None).is_ok());
+        assert!(check_upload("ftp", &config, &|_| None).is_err());
+        config.ship.github.repository = "o/r".into();
+        let pull_only = |k: &str| (k == "GITHUB_TOKEN").then(|| "ghp_x".to_string());
+        let e = check_upload("github", &config, &pull_only)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("ACTIONS_RUNTIME_TOKEN and ACTIONS_RESULTS_URL not set")
+                && e.contains("actions/github-script"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -75,6 +75,7 @@ pub fn upgrade(
             config,
             &runner,
             Path::new("/proc/sys/kernel/kexec_load_disabled"),
+            &|k| std::env::var(k).ok(),
         );
         (p, crate::telemetry::current_span_id().unwrap_or_default())
     });

@@ -17,8 +17,13 @@ pub struct Problem {
 }
 
 /// Checks that need no run directory. `kexec_load_disabled` is read from
-/// `kexec_sysctl` (a path, for tests).
-pub fn check(config: &Config, runner: &dyn Runner, kexec_sysctl: &Path) -> Vec<Problem> {
+/// `kexec_sysctl` (a path, for tests); the backends' credentials from `env`.
+pub fn check(
+    config: &Config,
+    runner: &dyn Runner,
+    kexec_sysctl: &Path,
+    env: crate::destinations::Env<'_>,
+) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut fail = |check: &'static str, message: String| problems.push(Problem { check, message });
 
@@ -116,6 +121,11 @@ pub fn check(config: &Config, runner: &dyn Runner, kexec_sysctl: &Path) -> Vec<P
             ),
         );
     }
+    for name in &config.ship.backends {
+        if let Err(e) = crate::destinations::check_upload(name, config, env) {
+            fail("backends", e.to_string());
+        }
+    }
     problems
 }
 
@@ -200,7 +210,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sysctl = dir.path().join("kexec_load_disabled");
         std::fs::write(&sysctl, "0\n").unwrap();
-        let problems = check(&config_in(dir.path()), &FakeCriu("missing"), &sysctl);
+        let problems = check(
+            &config_in(dir.path()),
+            &FakeCriu("missing"),
+            &sysctl,
+            &|_| None,
+        );
         let criu = problems.iter().find(|p| p.check == "criu").unwrap();
         assert!(
             criu.message.contains("apt-get install criu"),
@@ -214,7 +229,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sysctl = dir.path().join("kexec_load_disabled");
         std::fs::write(&sysctl, "1\n").unwrap();
-        let problems = check(&config_in(dir.path()), &FakeCriu("Looks good.\n"), &sysctl);
+        let problems = check(
+            &config_in(dir.path()),
+            &FakeCriu("Looks good.\n"),
+            &sysctl,
+            &|_| None,
+        );
         assert!(
             problems
                 .iter()
@@ -232,9 +252,32 @@ mod tests {
         std::fs::write(&blocker, "").unwrap();
         let mut config = config_in(dir.path());
         config.state_dir = blocker.join("sub");
-        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl);
+        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl, &|_| None);
         let p = problems.iter().find(|p| p.check == "state_dir").unwrap();
         assert!(p.message.contains("FERRY_STATE_DIR"), "{}", p.message);
+    }
+
+    #[test]
+    fn a_backend_that_cannot_upload_is_reported_before_the_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let sysctl = dir.path().join("kexec_load_disabled");
+        std::fs::write(&sysctl, "0\n").unwrap();
+        let mut config = config_in(dir.path());
+        config.ship.backends = vec!["dir".into(), "github".into()];
+        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl, &|_| None);
+        let p = problems.iter().find(|p| p.check == "backends").unwrap();
+        assert!(
+            p.message.contains("ACTIONS_RUNTIME_TOKEN") && p.message.contains("github-script"),
+            "{}",
+            p.message
+        );
+        config.ship.backends = vec!["dri".into()];
+        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl, &|_| None);
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.check == "backends" && p.message.contains("\"dri\""))
+        );
     }
 
     #[test]

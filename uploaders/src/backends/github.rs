@@ -364,6 +364,22 @@ impl GithubBackend {
         })
     }
 
+    /// Whether `put` can work here (inside a job, with the runtime
+    /// variables, on github.com or GHE.com), decided without sending
+    /// anything: what preflight asks before a trip.
+    pub fn check_upload(&self) -> Result<(), BackendError> {
+        self.twirp()?;
+        if let Some(server) = &self.enterprise_server {
+            return Err(config_error(
+                format!(
+                    "GITHUB_SERVER_URL {server} is a GitHub Enterprise Server, which has no v4 artifact service"
+                ),
+                "ship to s3 or dir from GitHub Enterprise Server",
+            ));
+        }
+        Ok(())
+    }
+
     /// `expires_at` for a new artifact, if a retention is configured.
     fn expires_at(&self) -> Option<String> {
         let mut days = self.config.retention_days;
@@ -787,15 +803,8 @@ impl Backend for GithubBackend {
 
     fn put(&self, key: &str, src: &Path) -> Result<Receipt, BackendError> {
         validate_key(NAME, key)?;
+        self.check_upload()?;
         let tw = self.twirp()?;
-        if let Some(server) = &self.enterprise_server {
-            return Err(config_error(
-                format!(
-                    "GITHUB_SERVER_URL {server} is a GitHub Enterprise Server, which has no v4 artifact service"
-                ),
-                "ship to s3 or dir from GitHub Enterprise Server",
-            ));
-        }
         let (size, sha256) = hash_file(NAME, src)?;
         let _span = tracing::info_span!("github_put", key, size).entered();
         if let Some(r) = self.already_there(key, &tw.list(None)?, size, &sha256)? {
