@@ -22,7 +22,12 @@ use ferry_uploaders::{Backend, GithubBackend, GithubConfig};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["serve"] => serve(),
         ["put", key, file] => {
             let b = backend()?;
@@ -70,7 +75,9 @@ fn backend() -> Result<GithubBackend> {
         upload_concurrency: u32::try_from(num("BENCH_CONCURRENCY", 4)?)?,
         ..GithubConfig::default()
     };
-    Ok(GithubBackend::from_env(&config, &|k| std::env::var(k).ok())?)
+    Ok(GithubBackend::from_env(&config, &|k| {
+        std::env::var(k).ok()
+    })?)
 }
 
 fn report(what: &str, bytes: u64, t: Instant) {
