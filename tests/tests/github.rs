@@ -370,6 +370,16 @@ fn put_cases() -> Vec<Case> {
                     .inject(is_method("FinalizeArtifact"), Fault::Truncate)
             },
         ),
+        case("409 already_exists on CreateArtifact (a name taken meanwhile)", 2_000, |f| {
+            f.results.inject(
+                is_method("CreateArtifact"),
+                Fault::Respond(Response::json(
+                    409,
+                    &serde_json::json!({"code":"already_exists","msg":"an artifact with this name already exists on the workflow run"}),
+                )),
+            )
+        })
+        .spends_the_name(),
         case("truncated answer to a Put Block", blocks, |f| {
             f.blob.inject(is_comp(Some("block")), Fault::Truncate)
         }),
