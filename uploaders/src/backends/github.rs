@@ -24,10 +24,10 @@ mod jwt;
 mod names;
 mod rest;
 mod twirp;
+mod unpack;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -686,116 +686,6 @@ fn parse_time(t: Option<&str>) -> SystemTime {
         .unwrap_or(UNIX_EPOCH)
 }
 
-/// A downloaded artifact is the bundle itself (a raw, v7 artifact) or a
-/// zip holding it (a classic one): decided by its first bytes, never by
-/// its name.
-enum Kind {
-    Gzip,
-    Zip,
-    Unknown([u8; 4]),
-}
-
-fn sniff(path: &Path) -> Result<Kind, BackendError> {
-    let mut head = [0u8; 4];
-    let mut f = File::open(path)
-        .map_err(|e| BackendError::from_io(NAME, format!("cannot open {}", path.display()), e))?;
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(BackendError::from_io(
-                    NAME,
-                    format!("cannot read {}", path.display()),
-                    e,
-                ));
-            }
-        }
-    }
-    Ok(match head {
-        [0x1f, 0x8b, ..] => Kind::Gzip,
-        [b'P', b'K', 3, 4] => Kind::Zip,
-        other => Kind::Unknown(other),
-    })
-}
-
-/// The bundle inside the zip at `zip_path`, written to `out`: the only
-/// file, or the one named like `key`, or the only `.tar.gz`.
-fn unzip(zip_path: &Path, key: &str, out: &Path) -> Result<(), BackendError> {
-    let bad = |why: String| {
-        BackendError::new(
-            NAME,
-            ErrorKind::Other,
-            format!("the artifact of {key:?} is a zip that {why}"),
-            "check the artifact in the run's page; it was not made by ferry",
-        )
-    };
-    let f = File::open(zip_path).map_err(|e| {
-        BackendError::from_io(NAME, format!("cannot open {}", zip_path.display()), e)
-    })?;
-    let mut z = zip::ZipArchive::new(f).map_err(|e| bad(format!("cannot be read: {e}")))?;
-    let base = key.rsplit('/').next().unwrap_or(key);
-    let mut files = Vec::new();
-    for i in 0..z.len() {
-        let e = z
-            .by_index(i)
-            .map_err(|e| bad(format!("cannot be read: {e}")))?;
-        if e.is_file() {
-            let name = e.name().map(|n| n.to_string()).unwrap_or_default();
-            files.push((i, name));
-        }
-    }
-    let last = |n: &str| n.rsplit('/').next().unwrap_or(n).to_string();
-    let pick = if files.len() == 1 {
-        Some(files[0].0)
-    } else if let Some((i, _)) = files.iter().find(|(_, n)| last(n) == base) {
-        Some(*i)
-    } else {
-        let gz: Vec<_> = files
-            .iter()
-            .filter(|(_, n)| n.ends_with(".tar.gz"))
-            .collect();
-        (gz.len() == 1).then(|| gz[0].0)
-    };
-    let index = pick.ok_or_else(|| {
-        bad(format!(
-            "holds {} files and none is the bundle {base}",
-            files.len()
-        ))
-    })?;
-    let mut entry = z
-        .by_index(index)
-        .map_err(|e| bad(format!("cannot be read: {e}")))?;
-    // A bundle is gzip already: a member far bigger than its compressed
-    // bytes is a zip bomb, not a bundle.
-    let limit = entry
-        .compressed_size()
-        .saturating_mul(16)
-        .saturating_add(1 << 20);
-    if entry.size() > limit {
-        return Err(bad(format!(
-            "claims {} bytes from {} compressed ones",
-            entry.size(),
-            entry.compressed_size()
-        )));
-    }
-    let expect = entry.size();
-    let mut w = File::create(out)
-        .map_err(|e| BackendError::from_io(NAME, format!("cannot create {}", out.display()), e))?;
-    let copied = io::copy(&mut (&mut entry).take(expect.saturating_add(1)), &mut w)
-        .map_err(|e| bad(format!("is corrupt: {e}")))?;
-    if copied != expect {
-        return Err(bad(format!(
-            "has a member of {copied} bytes that claims {expect}"
-        )));
-    }
-    w.sync_all()
-        .map_err(|e| BackendError::from_io(NAME, format!("cannot fsync {}", out.display()), e))?;
-    Ok(())
-}
-
 impl Backend for GithubBackend {
     fn name(&self) -> &str {
         NAME
@@ -888,13 +778,13 @@ impl Backend for GithubBackend {
         let unpacked = self.tmp_beside(dest);
         let result = (|| {
             self.fetch(&found, &raw)?;
-            let ready = match sniff(&raw)? {
-                Kind::Gzip => &raw,
-                Kind::Zip => {
-                    unzip(&raw, key, &unpacked)?;
+            let ready = match unpack::sniff(&raw)? {
+                unpack::Kind::Gzip => &raw,
+                unpack::Kind::Zip => {
+                    unpack::unzip(&raw, key, &unpacked)?;
                     &unpacked
                 }
-                Kind::Unknown(head) => {
+                unpack::Kind::Unknown(head) => {
                     return Err(BackendError::new(
                         NAME,
                         ErrorKind::Other,
