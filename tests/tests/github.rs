@@ -27,9 +27,12 @@ fn tuning() -> Tuning {
             max_delay: Duration::from_millis(50),
             budget: Duration::from_secs(30),
         },
+        // Long enough that a loaded CI machine does not time out a healthy
+        // request (a spurious retry of CreateArtifact would spend a name),
+        // short enough for the hang cases.
         timeouts: Timeouts {
-            connect: Duration::from_secs(2),
-            request: Duration::from_secs(2),
+            connect: Duration::from_secs(5),
+            request: Duration::from_secs(5),
         },
     }
 }
@@ -339,12 +342,12 @@ fn put_cases() -> Vec<Case> {
         }),
         case("timeout on Put Blob", 2_000, |f| {
             f.blob
-                .inject(is_comp(None), Fault::Hang(Duration::from_secs(4)))
+                .inject(is_comp(None), Fault::Hang(Duration::from_secs(8)))
         }),
         case("timeout on CreateArtifact", 2_000, |f| {
             f.results.inject(
                 is_method("CreateArtifact"),
-                Fault::Hang(Duration::from_secs(4)),
+                Fault::Hang(Duration::from_secs(8)),
             )
         }),
         case("slow answer to ListArtifacts", 2_000, |f| {
@@ -671,7 +674,7 @@ fn download_faults_are_retried_and_the_file_is_whole() {
         ),
         (
             "blob download times out",
-            Box::new(|f: &GithubFake| f.blob.inject(|_| true, Fault::Hang(Duration::from_secs(4)))),
+            Box::new(|f: &GithubFake| f.blob.inject(|_| true, Fault::Hang(Duration::from_secs(8)))),
         ),
         (
             "500 on the blob",
