@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ferry_uploaders::DropboxConfig;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ferry/ferry.toml";
@@ -94,6 +95,8 @@ pub struct ShipConfig {
     pub dir: PathBuf,
     /// Largest size of one file in a bundle; bigger logs keep head and tail.
     pub max_file_mib: u64,
+    /// The `dropbox` backend (credentials come from the environment only).
+    pub dropbox: DropboxConfig,
 }
 
 impl Default for Config {
@@ -135,6 +138,7 @@ impl Default for ShipConfig {
             backends: vec!["dir".into()],
             dir: PathBuf::from("/var/lib/ferry/bundles"),
             max_file_mib: 64,
+            dropbox: DropboxConfig::default(),
         }
     }
 }
@@ -158,6 +162,19 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("ship.backends", "FERRY_SHIP_BACKENDS"),
     ("ship.dir", "FERRY_SHIP_DIR"),
     ("ship.max_file_mib", "FERRY_SHIP_MAX_FILE_MIB"),
+    ("ship.dropbox.folder", "FERRY_SHIP_DROPBOX_FOLDER"),
+    (
+        "ship.dropbox.upload_cutoff_mib",
+        "FERRY_SHIP_DROPBOX_UPLOAD_CUTOFF_MIB",
+    ),
+    ("ship.dropbox.chunk_mib", "FERRY_SHIP_DROPBOX_CHUNK_MIB"),
+    ("ship.dropbox.share", "FERRY_SHIP_DROPBOX_SHARE"),
+    ("ship.dropbox.api_url", "FERRY_SHIP_DROPBOX_API_URL"),
+    ("ship.dropbox.content_url", "FERRY_SHIP_DROPBOX_CONTENT_URL"),
+    (
+        "ship.dropbox.timeout_secs",
+        "FERRY_SHIP_DROPBOX_TIMEOUT_SECS",
+    ),
     ("testing.skip_externals", "FERRY_TESTING_SKIP_EXTERNALS"),
     ("testing.fail_after_dump", "FERRY_TESTING_FAIL_AFTER_DUMP"),
 ];
@@ -402,6 +419,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("/nonexistent/ferry.toml"), "{msg}");
+    }
+
+    #[test]
+    fn dropbox_settings_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            "[ship]\nbackends = [\"dropbox\"]\n[ship.dropbox]\nfolder = \"/ci\"\nchunk_mib = 8\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&path),
+            &env_of(&[
+                ("FERRY_SHIP_DROPBOX_SHARE", "no"),
+                ("FERRY_SHIP_DROPBOX_API_URL", "http://127.0.0.1:1"),
+                ("FERRY_SHIP_DROPBOX_UPLOAD_CUTOFF_MIB", "4"),
+            ]),
+        )
+        .unwrap();
+        let d = &cfg.ship.dropbox;
+        assert_eq!(
+            (d.folder.as_str(), d.chunk_mib, d.upload_cutoff_mib),
+            ("/ci", 8, 4)
+        );
+        assert!(!d.share);
+        assert_eq!(d.api_url, "http://127.0.0.1:1");
+        assert_eq!(d.content_url, DropboxConfig::default().content_url);
+        std::fs::write(&path, "[ship.dropbox]\nchunk = 8\n").unwrap();
+        let msg = Config::load(Some(&path), &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("chunk"), "{msg}");
     }
 
     #[test]

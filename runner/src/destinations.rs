@@ -6,12 +6,12 @@
 
 use std::path::PathBuf;
 
-use ferry_uploaders::{Backend, BackendError, DirBackend};
+use ferry_uploaders::{Backend, BackendError, DirBackend, DropboxBackend, DropboxCredentials};
 
 use crate::config::Config;
 
 /// The names `ship.backends` may hold.
-pub const KNOWN: &[&str] = &["dir"];
+pub const KNOWN: &[&str] = &["dir", "dropbox"];
 
 /// Why a destination could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +37,12 @@ pub fn open(
     config: &Config,
     env: Env<'_>,
 ) -> Result<Box<dyn Backend>, DestinationError> {
-    let _ = env;
     match name {
         "dir" => Ok(Box::new(DirBackend::new(dir_root(config))?)),
+        "dropbox" => Ok(Box::new(DropboxBackend::new(
+            config.ship.dropbox.clone(),
+            DropboxCredentials::from_env(env)?,
+        )?)),
         other => Err(DestinationError::Unknown {
             name: other.to_string(),
             known: KNOWN.join(", "),
@@ -70,6 +73,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn dropbox_needs_credentials_and_a_valid_config() {
+        let config = Config::default();
+        let e = open("dropbox", &config, &|_| None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("DROPBOX_REFRESH_TOKEN") && e.contains("DROPBOX_TOKEN"),
+            "{e}"
+        );
+        let token = |k: &str| (k == "DROPBOX_TOKEN").then(|| "sl.secret-token".to_string());
+        let b = open("dropbox", &config, &token).unwrap();
+        assert_eq!(b.name(), "dropbox");
+        let mut bad = Config::default();
+        bad.ship.dropbox.chunk_mib = 7;
+        let e = open("dropbox", &bad, &token).err().unwrap().to_string();
+        assert!(
+            e.contains("ship.dropbox.chunk_mib") && !e.contains("sl.secret-token"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn dir_is_the_default_and_unknown_names_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let mut config = Config::default();
@@ -80,7 +106,10 @@ mod tests {
             ["dir"]
         );
         let e = open("ftp", &config, &|_| None).err().unwrap().to_string();
-        assert!(e.contains("\"ftp\"") && e.contains("known: dir"), "{e}");
+        assert!(
+            e.contains("\"ftp\"") && e.contains("known: dir, dropbox"),
+            "{e}"
+        );
         config.ship.backends.clear();
         assert!(matches!(
             open_all(&config, &|_| None),

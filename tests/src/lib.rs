@@ -8,10 +8,11 @@
 //!   stamped by the host clock, so its largest gap is the trip's downtime.
 //!
 //! * [`http_fake`] is the HTTP/1.1 server under the protocol fakes, with
-//!   socket-level faults.
+//!   socket-level faults; [`fakes`] holds the fakes (Dropbox).
 //!
 //! Guest tests are gated by `FERRY_GUEST_TESTS=1` (see [`guest_tests_enabled`]).
 
+pub mod fakes;
 mod guest;
 pub mod http_fake;
 mod image;
