@@ -851,7 +851,7 @@ fn upload(state: &Shared, arg: &Value, r: &Request) -> Answer {
 
 /// A session request's body must be whole 4 MiB blocks unless it closes.
 fn block_rule(close: bool, data: &[u8]) -> std::result::Result<(), Response> {
-    if !close && data.len() % BLOCK != 0 {
+    if !close && !data.len().is_multiple_of(BLOCK) {
         return Err(route_error(
             json!({".tag": "concurrent_session_invalid_data_size"}),
         ));

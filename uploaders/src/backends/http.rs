@@ -206,7 +206,8 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Reads a whole response body, bounded: a server that answers a small
-/// call with a huge body is cut off rather than filling memory.
+/// call with a huge body is cut off rather than filling memory. A body
+/// that breaks off is transient: the answer was lost, not refused.
 pub fn read_body(
     backend: &str,
     what: &str,
@@ -214,9 +215,18 @@ pub fn read_body(
     limit: u64,
 ) -> Result<Vec<u8>, BackendError> {
     let mut buf = Vec::new();
-    resp.take(limit)
-        .read_to_end(&mut buf)
-        .map_err(|e| BackendError::from_io(backend, format!("{what}: reading the answer"), e))?;
+    resp.take(limit).read_to_end(&mut buf).map_err(|e| {
+        BackendError::new(
+            backend,
+            ErrorKind::Unavailable,
+            format!(
+                "{what}: the answer broke off after {} bytes: {e}",
+                buf.len()
+            ),
+            "the connection failed mid-answer; retry later",
+        )
+        .with_source(e)
+    })?;
     Ok(buf)
 }
 
@@ -323,6 +333,28 @@ mod tests {
         let s = e.to_string();
         assert!(s.contains("HTTP 429: too many x"), "{s}");
         assert!(s.len() < 700, "{}", s.len());
+    }
+
+    /// Regression: an answer cut short of its Content-Length was a
+    /// permanent error, so a lost answer was never retried.
+    #[test]
+    fn a_body_cut_short_is_transient() {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut head = [0u8; 1024];
+            let _ = s.read(&mut head);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+                .unwrap();
+        });
+        let c = client("t", Timeouts::default()).unwrap();
+        let resp = c.get(format!("http://127.0.0.1:{port}/")).send().unwrap();
+        server.join().unwrap();
+        let e = read_body("t", "get x", resp, 1 << 20).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(e.to_string().contains("broke off after 10 bytes"), "{e}");
     }
 
     #[test]

@@ -206,18 +206,22 @@ impl Auth {
 
     /// `text` without any secret value in it.
     pub fn scrub(&self, text: &str) -> String {
-        let mut s = text.to_string();
         let current = self
             .access
             .lock()
             .map(|a| a.as_ref().map(|a| a.token.expose().to_string()))
             .unwrap_or(None);
-        for secret in self.creds.secrets().into_iter().chain(current.as_deref()) {
-            if !secret.is_empty() {
-                s = s.replace(secret, "[redacted]");
-            }
-        }
-        s
+        redact(&self.scrub_credentials(text), current.as_deref())
+    }
+
+    /// `text` without the configured secrets. The only scrub while a
+    /// token is being fetched: the access lock is held then, and the
+    /// token endpoint is never sent an access token to echo.
+    fn scrub_credentials(&self, text: &str) -> String {
+        self.creds
+            .secrets()
+            .into_iter()
+            .fold(text.to_string(), |s, secret| redact(&s, Some(secret)))
     }
 
     fn fetch(&self, slot: &mut Option<Access>) -> Result<Secret, BackendError> {
@@ -298,7 +302,7 @@ impl Auth {
         };
         match fix {
             Some(fix) => {
-                let desc = self.scrub(&http::snippet(e.error_description.as_bytes()));
+                let desc = self.scrub_credentials(&http::snippet(e.error_description.as_bytes()));
                 BackendError::new(
                     NAME,
                     ErrorKind::Auth,
@@ -311,10 +315,17 @@ impl Auth {
                 )
             }
             None => {
-                let scrubbed = self.scrub(&String::from_utf8_lossy(body));
+                let scrubbed = self.scrub_credentials(&String::from_utf8_lossy(body));
                 http::status_error(NAME, what, status, headers, scrubbed.as_bytes(), None, None)
             }
         }
+    }
+}
+
+fn redact(text: &str, secret: Option<&str>) -> String {
+    match secret {
+        Some(s) if !s.is_empty() => text.replace(s, "[redacted]"),
+        _ => text.to_string(),
     }
 }
 

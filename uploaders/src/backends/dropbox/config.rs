@@ -62,7 +62,7 @@ impl DropboxConfig {
         };
         let block_mib = BLOCK >> 20;
         if self.chunk_mib < block_mib
-            || self.chunk_mib % block_mib != 0
+            || !self.chunk_mib.is_multiple_of(block_mib)
             || self.chunk_mib > MAX_REQUEST_MIB - 2
         {
             return Err(bad(

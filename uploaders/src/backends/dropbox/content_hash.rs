@@ -118,7 +118,10 @@ impl FileDigest {
         if start == end && end <= self.size {
             return Some(hash_of_digests(&[]));
         }
-        if start % BLOCK != 0 || (end % BLOCK != 0 && end != self.size) || end < start {
+        if !start.is_multiple_of(BLOCK)
+            || (!end.is_multiple_of(BLOCK) && end != self.size)
+            || end < start
+        {
             return None;
         }
         let first = (start / BLOCK) as usize;

@@ -135,7 +135,9 @@ impl DropboxBackend {
                 _ => request_end(offset, size, chunk),
             };
             let mut arg = match (&session, step) {
-                (None, _) => json!({"close": false}),
+                // A start that holds the whole file closes the session, so
+                // no request that leaves it open carries a partial block.
+                (None, _) => json!({"close": end == size}),
                 (Some(id), Step::Finish) => json!({
                     "cursor": {"session_id": id, "offset": offset},
                     "commit": Self::commit_info(path),
