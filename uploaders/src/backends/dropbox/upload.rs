@@ -44,6 +44,15 @@ impl Step {
     }
 }
 
+/// One bundle being put.
+struct Job<'a> {
+    key: &'a str,
+    path: &'a str,
+    src: &'a Path,
+    digest: &'a FileDigest,
+    progress: &'a Progress,
+}
+
 /// The end of the request that starts at `offset`: the next line of the
 /// chunk grid (so a resync in mid-chunk realigns), or the end of the file.
 pub(super) fn request_end(offset: u64, size: u64, chunk: u64) -> u64 {
@@ -61,10 +70,17 @@ impl DropboxBackend {
             return Ok(self.receipt(key, &path, &meta, &digest));
         }
         let progress = Progress::new(format!("dropbox put {key}"), digest.size);
+        let job = Job {
+            key,
+            path: &path,
+            src,
+            digest: &digest,
+            progress: &progress,
+        };
         let committed = if digest.size <= self.cfg.cutoff_bytes() {
-            self.single(key, &path, src, &digest, &progress)
+            self.single(&job)
         } else {
-            self.session(key, &path, src, &digest, &progress)
+            self.session(&job)
         };
         progress.finish();
         let meta = committed?;
@@ -76,23 +92,16 @@ impl DropboxBackend {
         json!({"path": path, "mode": "add", "autorename": false, "mute": true, "strict_conflict": false})
     }
 
-    fn single(
-        &self,
-        key: &str,
-        path: &str,
-        src: &Path,
-        digest: &FileDigest,
-        progress: &Progress,
-    ) -> Result<Value, BackendError> {
-        let mut arg = Self::commit_info(path);
-        arg["content_hash"] = json!(digest.content_hash);
+    fn single(&self, job: &Job<'_>) -> Result<Value, BackendError> {
+        let mut arg = Self::commit_info(job.path);
+        arg["content_hash"] = json!(job.digest.content_hash);
         let range = FileRange {
-            path: src,
+            path: job.src,
             start: 0,
-            len: digest.size,
-            progress: Some(progress),
+            len: job.digest.size,
+            progress: Some(job.progress),
         };
-        let what = format!("upload {key}");
+        let what = format!("upload {}", job.key);
         let mut hash_retried = false;
         loop {
             let reply = self.retry.run(&what, |_| {
@@ -102,23 +111,18 @@ impl DropboxBackend {
                 Ok(meta) => return Ok(meta),
                 Err(r) if r.has("content_hash_mismatch") && !hash_retried => {
                     hash_retried = true;
-                    tracing::warn!(target: "ferry::dropbox", key, "Dropbox received damaged bytes; sending again");
+                    tracing::warn!(target: "ferry::dropbox", key = job.key, "Dropbox received damaged bytes; sending again");
                 }
-                Err(r) if r.has("conflict") => return self.settle_conflict(key, path, digest, r),
+                Err(r) if r.has("conflict") => {
+                    return self.settle_conflict(job.key, job.path, job.digest, r);
+                }
                 Err(r) => return Err(r.into_error(&what)),
             }
         }
     }
 
-    fn session(
-        &self,
-        key: &str,
-        path: &str,
-        src: &Path,
-        digest: &FileDigest,
-        progress: &Progress,
-    ) -> Result<Value, BackendError> {
-        let size = digest.size;
+    fn session(&self, job: &Job<'_>) -> Result<Value, BackendError> {
+        let size = job.digest.size;
         let chunk = self.cfg.chunk_bytes();
         let mut session: Option<String> = None;
         let mut offset = 0u64;
@@ -140,7 +144,7 @@ impl DropboxBackend {
                 (None, _) => json!({"close": end == size}),
                 (Some(id), Step::Finish) => json!({
                     "cursor": {"session_id": id, "offset": offset},
-                    "commit": Self::commit_info(path),
+                    "commit": Self::commit_info(job.path),
                 }),
                 (Some(id), _) => json!({
                     "cursor": {"session_id": id, "offset": offset},
@@ -149,18 +153,19 @@ impl DropboxBackend {
             };
             // A range that does not start on a block needs the file read
             // again to hash; the final whole-file comparison covers it.
-            if let Some(h) = digest.range_hash(offset, end) {
+            if let Some(h) = job.digest.range_hash(offset, end) {
                 arg["content_hash"] = json!(h);
             }
             let range = FileRange {
-                path: src,
+                path: job.src,
                 start: offset,
                 len: end - offset,
-                progress: Some(progress),
+                progress: Some(job.progress),
             };
             let what = format!(
-                "{} {key} at byte {offset}",
-                step.route().trim_start_matches("files/")
+                "{} {} at byte {offset}",
+                step.route().trim_start_matches("files/"),
+                job.key
             );
             let reply = self.retry.run(&what, |_| {
                 self.api.upload(step.route(), &arg, &range, &what)
@@ -178,12 +183,12 @@ impl DropboxBackend {
                         })?;
                         session = Some(id.to_string());
                         offset = end;
-                        progress_to(progress, offset);
+                        progress_to(job.progress, offset);
                         continue;
                     }
                     Step::Append => {
                         offset = end;
-                        progress_to(progress, offset);
+                        progress_to(job.progress, offset);
                         continue;
                     }
                     Step::Finish => return Ok(v),
@@ -192,7 +197,7 @@ impl DropboxBackend {
             };
             if r.has("content_hash_mismatch") && !hash_retried {
                 hash_retried = true;
-                tracing::warn!(target: "ferry::dropbox", key, offset, "Dropbox received damaged bytes; sending again");
+                tracing::warn!(target: "ferry::dropbox", key = job.key, offset, "Dropbox received damaged bytes; sending again");
                 continue;
             }
             if let Some(correct) = r.correct_offset() {
@@ -207,18 +212,18 @@ impl DropboxBackend {
                         "ship the bundle again; a new upload session starts from the beginning",
                     ));
                 }
-                tracing::info!(target: "ferry::dropbox", key, offset, correct, "upload session resynced to the server's offset");
+                tracing::info!(target: "ferry::dropbox", key = job.key, offset, correct, "upload session resynced to the server's offset");
                 offset = correct;
-                progress_to(progress, offset);
+                progress_to(job.progress, offset);
                 continue;
             }
             if step == Step::Finish && r.has("conflict") {
-                return self.settle_conflict(key, path, digest, r);
+                return self.settle_conflict(job.key, job.path, job.digest, r);
             }
             if step == Step::Finish && r.is(&["lookup_failed"]) {
                 // The answer to an earlier finish may have been lost after
                 // the commit: then the file is there, with our content.
-                if let Some(meta) = self.existing(key, path, digest)? {
+                if let Some(meta) = self.existing(job.key, job.path, job.digest)? {
                     return Ok(meta);
                 }
             }
