@@ -1006,3 +1006,38 @@ impl JsonBody for reqwest::blocking::RequestBuilder {
             .body(v.to_string())
     }
 }
+
+#[test]
+fn a_lost_session_and_a_missing_source_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = FakeDropbox::start().unwrap();
+    let b = with_token(&fake, config(&fake));
+    // Sessions live 7 days; after that Dropbox answers not_found.
+    let src = bundle(tmp.path(), "s", 9 * MIB, 3);
+    arm(
+        fake.content(),
+        "files/upload_session/append_v2",
+        Fault::Respond(route_error(json!({".tag": "not_found"}))),
+    );
+    let e = b.put("s.tar.gz", &src).unwrap_err();
+    assert!(e.is_transient(), "a later ship starts a new session: {e}");
+    assert!(
+        e.to_string().contains("no longer knows the upload session"),
+        "{e}"
+    );
+    assert!(fake.files().is_empty());
+    // A source that is not there: nothing is sent.
+    let before = fake.content().seen().len() + fake.api().seen().len();
+    let e = b.put("x.tar.gz", &tmp.path().join("missing")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound);
+    assert!(e.to_string().contains("missing"), "{e}");
+    assert_eq!(
+        fake.content().seen().len() + fake.api().seen().len(),
+        before
+    );
+    // And a bad key never reaches the wire either.
+    assert_eq!(
+        b.put("../x", &src).unwrap_err().kind(),
+        ErrorKind::InvalidKey
+    );
+}
