@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use ferry_uploaders::DropboxConfig;
 use ferry_uploaders::GithubConfig;
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +98,8 @@ pub struct ShipConfig {
     pub max_file_mib: u64,
     /// The `github` backend (GitHub Actions artifacts).
     pub github: GithubConfig,
+    /// The `dropbox` backend (credentials come from the environment only).
+    pub dropbox: DropboxConfig,
 }
 
 impl Default for Config {
@@ -139,6 +142,7 @@ impl Default for ShipConfig {
             dir: PathBuf::from("/var/lib/ferry/bundles"),
             max_file_mib: 64,
             github: GithubConfig::default(),
+            dropbox: DropboxConfig::default(),
         }
     }
 }
@@ -173,6 +177,19 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     (
         "ship.github.upload_concurrency",
         "FERRY_SHIP_GITHUB_UPLOAD_CONCURRENCY",
+    ),
+    ("ship.dropbox.folder", "FERRY_SHIP_DROPBOX_FOLDER"),
+    (
+        "ship.dropbox.upload_cutoff_mib",
+        "FERRY_SHIP_DROPBOX_UPLOAD_CUTOFF_MIB",
+    ),
+    ("ship.dropbox.chunk_mib", "FERRY_SHIP_DROPBOX_CHUNK_MIB"),
+    ("ship.dropbox.share", "FERRY_SHIP_DROPBOX_SHARE"),
+    ("ship.dropbox.api_url", "FERRY_SHIP_DROPBOX_API_URL"),
+    ("ship.dropbox.content_url", "FERRY_SHIP_DROPBOX_CONTENT_URL"),
+    (
+        "ship.dropbox.timeout_secs",
+        "FERRY_SHIP_DROPBOX_TIMEOUT_SECS",
     ),
     ("testing.skip_externals", "FERRY_TESTING_SKIP_EXTERNALS"),
     ("testing.fail_after_dump", "FERRY_TESTING_FAIL_AFTER_DUMP"),
@@ -460,6 +477,39 @@ mod tests {
         for v in SECRET_ENV_VARS {
             assert!(SECRET_VARS.contains(v), "{v} must be masked");
         }
+    }
+
+    #[test]
+    fn dropbox_settings_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            "[ship]\nbackends = [\"dropbox\"]\n[ship.dropbox]\nfolder = \"/ci\"\nchunk_mib = 8\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&path),
+            &env_of(&[
+                ("FERRY_SHIP_DROPBOX_SHARE", "no"),
+                ("FERRY_SHIP_DROPBOX_API_URL", "http://127.0.0.1:1"),
+                ("FERRY_SHIP_DROPBOX_UPLOAD_CUTOFF_MIB", "4"),
+            ]),
+        )
+        .unwrap();
+        let d = &cfg.ship.dropbox;
+        assert_eq!(
+            (d.folder.as_str(), d.chunk_mib, d.upload_cutoff_mib),
+            ("/ci", 8, 4)
+        );
+        assert!(!d.share);
+        assert_eq!(d.api_url, "http://127.0.0.1:1");
+        assert_eq!(d.content_url, DropboxConfig::default().content_url);
+        std::fs::write(&path, "[ship.dropbox]\nchunk = 8\n").unwrap();
+        let msg = Config::load(Some(&path), &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("chunk"), "{msg}");
     }
 
     #[test]

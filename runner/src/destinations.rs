@@ -6,12 +6,14 @@
 
 use std::path::PathBuf;
 
-use ferry_uploaders::{Backend, BackendError, DirBackend, GithubBackend};
+use ferry_uploaders::{
+    Backend, BackendError, DirBackend, DropboxBackend, DropboxCredentials, GithubBackend,
+};
 
 use crate::config::Config;
 
 /// The names `ship.backends` may hold.
-pub const KNOWN: &[&str] = &["dir", "github"];
+pub const KNOWN: &[&str] = &["dir", "dropbox", "github"];
 
 /// Why a destination could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,10 @@ pub fn open(
 ) -> Result<Box<dyn Backend>, DestinationError> {
     match name {
         "dir" => Ok(Box::new(DirBackend::new(dir_root(config))?)),
+        "dropbox" => Ok(Box::new(DropboxBackend::new(
+            config.ship.dropbox.clone(),
+            DropboxCredentials::from_env(env)?,
+        )?)),
         "github" => Ok(Box::new(GithubBackend::from_env(&config.ship.github, env)?)),
         other => Err(unknown(other)),
     }
@@ -52,6 +58,14 @@ pub fn check_upload(name: &str, config: &Config, env: Env<'_>) -> Result<(), Des
     match name {
         // Opening it creates its root: the ship does that, and reports.
         "dir" => Ok(()),
+        // Credentials present and settings valid; nothing is sent.
+        "dropbox" => {
+            DropboxBackend::new(
+                config.ship.dropbox.clone(),
+                DropboxCredentials::from_env(env)?,
+            )?;
+            Ok(())
+        }
         "github" => Ok(GithubBackend::from_env(&config.ship.github, env)?.check_upload()?),
         other => Err(unknown(other)),
     }
@@ -87,6 +101,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn dropbox_needs_credentials_and_a_valid_config() {
+        let config = Config::default();
+        let e = open("dropbox", &config, &|_| None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("DROPBOX_REFRESH_TOKEN") && e.contains("DROPBOX_TOKEN"),
+            "{e}"
+        );
+        let token = |k: &str| (k == "DROPBOX_TOKEN").then(|| "sl.secret-token".to_string());
+        let b = open("dropbox", &config, &token).unwrap();
+        assert_eq!(b.name(), "dropbox");
+        let mut bad = Config::default();
+        bad.ship.dropbox.chunk_mib = 7;
+        let e = open("dropbox", &bad, &token).err().unwrap().to_string();
+        assert!(
+            e.contains("ship.dropbox.chunk_mib") && !e.contains("sl.secret-token"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn dir_is_the_default_and_unknown_names_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let mut config = Config::default();
@@ -98,7 +135,7 @@ mod tests {
         );
         let e = open("ftp", &config, &|_| None).err().unwrap().to_string();
         assert!(
-            e.contains("\"ftp\"") && e.contains("known: dir, github"),
+            e.contains("\"ftp\"") && e.contains("known: dir, dropbox, github"),
             "{e}"
         );
         config.ship.backends.clear();

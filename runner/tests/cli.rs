@@ -339,6 +339,102 @@ fn pull_from_github_without_a_token_names_what_to_set() {
         .output_lacks("ghp_NotTheRightOne42");
 }
 
+// ---------------------------------------------------------------- dropbox
+
+/// `ferry pull --backend dropbox`, the fake Dropbox's URLs and the token
+/// given through the environment as a CI job would.
+#[test]
+fn pull_from_dropbox() {
+    use ferry_tests::fakes::dropbox::FakeDropbox;
+    const TOKEN: &str = "sl.CLI-TEST-TOKEN-0123456789";
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = FakeDropbox::start().unwrap();
+    fake.add_token(TOKEN);
+    let run = run_dir(tmp.path(), "criu/pid-in-use.log");
+    for name in [
+        "ci-a-20261203T120000Z-abc123-restore-failed.tar.gz",
+        "ci-b-20261204T120000Z-def456-finish-succeeded.tar.gz",
+    ] {
+        let b = bundle_of(&run, &tmp.path().join(name));
+        fake.put_file(&format!("/ci/bundles/{name}"), &std::fs::read(b).unwrap());
+    }
+    fake.put_file("/ci/bundles/notes.txt", b"not a bundle");
+    let ferry = || {
+        Ferry::new()
+            .env_remove("DROPBOX_REFRESH_TOKEN")
+            .env("DROPBOX_TOKEN", TOKEN)
+            .env("FERRY_SHIP_DROPBOX_FOLDER", "/ci/bundles")
+            .env("FERRY_SHIP_DROPBOX_API_URL", fake.api_url())
+            .env("FERRY_SHIP_DROPBOX_CONTENT_URL", fake.content_url())
+            .arg("pull")
+            .arg("--backend")
+            .arg("dropbox")
+    };
+    let r = ferry().arg("--json").run().code(0);
+    let j = r.json();
+    let mut hosts: Vec<&str> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["host"].as_str().unwrap())
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, ["ci-a", "ci-b"], "{j}");
+    let out = tmp.path().join("out");
+    let r = ferry()
+        .arg("--result")
+        .arg("failed")
+        .arg("--extract")
+        .arg(&out)
+        .run()
+        .code(0)
+        .stdout_has("files verified");
+    assert!(!r.stdout().contains(TOKEN) && !r.stderr().contains(TOKEN));
+    let extracted = out.join("ci-a-20261203T120000Z-abc123-restore-failed");
+    assert!(extracted.join("logs/restore.log").is_file());
+    assert!(
+        !out.join("ci-b-20261204T120000Z-def456-finish-succeeded")
+            .exists()
+    );
+
+    // A stored bundle damaged in Dropbox: refused, not extracted.
+    let name = "ci-c-20261205T120000Z-aaa111-dump-failed.tar.gz";
+    let mut bytes = std::fs::read(
+        tmp.path()
+            .join("ci-a-20261203T120000Z-abc123-restore-failed.tar.gz"),
+    )
+    .unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    fake.put_file(&format!("/ci/bundles/{name}"), &bytes);
+    ferry()
+        .arg("--host")
+        .arg("ci-c")
+        .arg("--extract")
+        .arg(&out)
+        .run()
+        .code(2);
+    assert!(
+        !out.join("ci-c-20261205T120000Z-aaa111-dump-failed")
+            .exists()
+    );
+
+    // No credentials: a clear error naming what to set, exit 2.
+    Ferry::new()
+        .env_remove("DROPBOX_TOKEN")
+        .env_remove("DROPBOX_REFRESH_TOKEN")
+        .arg("pull")
+        .arg("--backend")
+        .arg("dropbox")
+        .run()
+        .code(2)
+        .stderr_has("DROPBOX_REFRESH_TOKEN, DROPBOX_APP_KEY and DROPBOX_APP_SECRET");
+    // An expired token: named, with the fix, and the token not printed.
+    fake.expire_tokens();
+    let r = ferry().run().code(2).stderr_has("Dropbox token expired");
+    assert!(!r.stderr().contains(TOKEN), "{}", r.stderr());
+}
+
 // ---------------------------------------------------------------- hostile archives
 
 enum E<'a> {

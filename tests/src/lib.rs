@@ -8,7 +8,7 @@
 //!   stamped by the host clock, so its largest gap is the trip's downtime.
 //!
 //! * [`http_fake`] is the HTTP/1.1 server under the protocol fakes, with
-//!   socket-level faults; [`fakes`] holds the fakes (GitHub artifacts).
+//!   socket-level faults; [`fakes`] holds the fakes (Dropbox, GitHub artifacts).
 //!
 //! Guest tests are gated by `FERRY_GUEST_TESTS=1` (see [`guest_tests_enabled`]).
 

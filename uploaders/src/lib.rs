@@ -3,7 +3,8 @@
 //! * [`bundle`] writes, reads, verifies and extracts the `tar.gz` bundles a
 //!   run's logs travel in, redacting secrets and capping sizes on the way.
 //! * [`backends`] is the seam to the stores bundles are shipped to
-//!   ([`backends::Backend`]): a local directory, GitHub Actions artifacts.
+//!   ([`backends::Backend`]): a local directory, Dropbox, GitHub Actions
+//!   artifacts.
 //! * [`retry`] and [`progress`] are what every remote transfer shares:
 //!   backoff with full jitter, and a bar or plain progress lines.
 
@@ -13,7 +14,8 @@ pub mod progress;
 pub mod retry;
 
 pub use backends::{
-    Backend, BackendError, DirBackend, GithubBackend, GithubConfig, Receipt, RemoteObject,
+    Backend, BackendError, DirBackend, DropboxBackend, DropboxConfig, DropboxCredentials,
+    GithubBackend, GithubConfig, Receipt, RemoteObject,
 };
 pub use bundle::{
     BundleError, BundleOptions, BundleReader, BundleWriter, Manifest, bundle_name, write_bundle,

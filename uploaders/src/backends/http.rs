@@ -208,7 +208,8 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Reads a whole response body, bounded: a server that answers a small
-/// call with a huge body is cut off rather than filling memory.
+/// call with a huge body is cut off rather than filling memory. A body
+/// that breaks off is transient: the answer was lost, not refused.
 pub fn read_body(
     backend: &str,
     what: &str,
@@ -216,14 +217,14 @@ pub fn read_body(
     limit: u64,
 ) -> Result<Vec<u8>, BackendError> {
     let mut buf = Vec::new();
-    // Whatever stops the read of an answer (a reset, an answer shorter than
-    // its Content-Length, a timeout) is the connection's fault, so it is
-    // retried like any transport failure.
     resp.take(limit).read_to_end(&mut buf).map_err(|e| {
         BackendError::new(
             backend,
             ErrorKind::Unavailable,
-            format!("{what}: the answer was cut short: {e}"),
+            format!(
+                "{what}: the answer broke off after {} bytes: {e}",
+                buf.len()
+            ),
             "the connection failed mid-answer; retry later",
         )
         .with_source(e)
@@ -362,25 +363,26 @@ mod tests {
         assert!(s.len() < 700, "{}", s.len());
     }
 
-    /// Regression: an answer cut short of its Content-Length was classified
-    /// by its io kind (`Other`, permanent), so it was never retried.
+    /// Regression: an answer cut short of its Content-Length was a
+    /// permanent error, so a lost answer was never retried.
     #[test]
-    fn a_cut_answer_is_transient() {
+    fn a_body_cut_short_is_transient() {
         use std::io::Write;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf);
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort")
+            let mut head = [0u8; 1024];
+            let _ = s.read(&mut head);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
                 .unwrap();
         });
         let c = client("t", Timeouts::default()).unwrap();
-        let resp = c.get(format!("http://127.0.0.1:{port}/x")).send().unwrap();
+        let resp = c.get(format!("http://127.0.0.1:{port}/")).send().unwrap();
+        server.join().unwrap();
         let e = read_body("t", "get x", resp, 1 << 20).unwrap_err();
         assert!(e.is_transient(), "{e}");
-        server.join().unwrap();
+        assert!(e.to_string().contains("broke off after 10 bytes"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! talks to a directory or an object store.
 
 mod dir;
+pub mod dropbox;
 pub mod github;
 pub mod http;
 
@@ -14,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use dir::DirBackend;
+pub use dropbox::{DropboxBackend, DropboxConfig, DropboxCredentials};
 pub use github::{GithubBackend, GithubConfig};
 
 /// A store bundles are put into and fetched from. Synchronous for now.
