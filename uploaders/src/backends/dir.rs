@@ -96,20 +96,8 @@ impl DirBackend {
     fn hash_file(&self, path: &Path) -> Result<(u64, String), BackendError> {
         let mut f = File::open(path)
             .map_err(|e| self.io_err(format!("cannot open {}", path.display()), e))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 256 << 10];
-        let mut n = 0u64;
-        loop {
-            let k = match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => k,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(self.io_err(format!("cannot read {}", path.display()), e)),
-            };
-            h.update(&buf[..k]);
-            n += k as u64;
-        }
-        Ok((n, hex::encode(h.finalize())))
+        crate::bundle::hash_reader(&mut f, &mut vec![0u8; 256 << 10])
+            .map_err(|e| self.io_err(format!("cannot read {}", path.display()), e))
     }
 
     /// Compares an existing object with the source's size and hash: a
@@ -182,6 +170,7 @@ impl DirBackend {
                     }
                 };
                 h.update(&buf[..k]);
+                crate::failpoint::hit("dir.copy.chunk");
                 out.write_all(&buf[..k])
                     .map_err(|e| self.io_err(format!("cannot write {}", tmp.display()), e))?;
                 n += k as u64;
@@ -266,6 +255,7 @@ impl Backend for DirBackend {
             .create(&parent)
             .map_err(|e| self.io_err(format!("cannot create {}", parent.display()), e))?;
         let (tmp, size, sha) = self.copy_to_tmp(&mut file, src, &dest, 0o600)?;
+        crate::failpoint::hit("dir.put.copied");
         match rename_noreplace(&tmp, &dest) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -281,6 +271,7 @@ impl Backend for DirBackend {
                 ));
             }
         }
+        crate::failpoint::hit("dir.put.renamed");
         self.fsync_dir(&parent)?;
         Ok(self.receipt(key, &dest, size, sha))
     }

@@ -3,6 +3,7 @@
 //! talks to a directory or an object store.
 
 mod dir;
+mod faulty;
 pub mod http;
 
 use std::fmt;
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use dir::DirBackend;
+pub use faulty::Faulty;
 
 /// A store bundles are put into and fetched from. Synchronous for now.
 pub trait Backend: Send + Sync {
