@@ -62,6 +62,7 @@ fn new_sim(otel: BTreeMap<String, String>, traceparent: Option<&str>) -> Sim {
     run.create().unwrap();
     let mut config = Config::default();
     config.ship.dir = dir.path().join("bundles");
+    config.spool.dir = dir.path().join("spool");
     let tp = traceparent.and_then(ids::TraceParent::parse);
     let state = RunState {
         format: STATE_FORMAT,
