@@ -440,10 +440,10 @@ fn put_one(
                 let _ = fsops::fsync_dir(&status.path);
             }
             tracing::info!(
-                key = %meta.key,
-                location = %ack.receipt.location,
-                size = ack.receipt.size,
-                "shipped to {dest}"
+                "shipped {} to {dest}: {} ({} bytes)",
+                meta.key,
+                ack.receipt.location,
+                ack.receipt.size
             );
             Ok(ack)
         }
@@ -469,9 +469,9 @@ fn record_failure(
         );
     }
     tracing::warn!(
-        key = %status.meta.key,
-        attempts = f.attempts,
-        "not shipped to {dest}: {}",
+        "{} not shipped to {dest} ({} attempts so far): {}",
+        status.meta.key,
+        f.attempts,
         f.error
     );
     f

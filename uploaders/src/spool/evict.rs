@@ -131,9 +131,6 @@ impl Spool {
             }
             tracing::warn!(
                 target: "ferry::spool",
-                id = %c.id,
-                bytes = c.bytes,
-                reason = c.reason.as_str(),
                 "spool over its cap ({} of {} bytes, {} of {} entries): evicted {} {}{}",
                 bytes,
                 self.limits.max_bytes,
