@@ -237,7 +237,7 @@ fn points(trace: &[String]) -> Vec<usize> {
         }
         for k in i..j {
             let in_run = k - i;
-            if j - i <= 12 || in_run < 3 || k + 3 >= j || in_run % 3 == 0 {
+            if j - i <= 12 || in_run < 3 || k + 3 >= j || in_run.is_multiple_of(3) {
                 out.push(k + 1);
             }
         }
@@ -317,7 +317,7 @@ fn sigkill_at_every_failpoint_loses_and_duplicates_nothing() {
             // A third of the restarts die too, somewhere in their first 40
             // failpoints.
             let r = rng();
-            let second = (r % 3 == 0).then_some(1 + usize::from(r) % 40);
+            let second = r.is_multiple_of(3).then_some(1 + usize::from(r) % 40);
             scenario(&base, &before[step_at], step_at, hit, second);
             done += 1;
         }
