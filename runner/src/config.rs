@@ -116,6 +116,9 @@ pub struct SpoolConfig {
     pub max_entries: u64,
     /// Entries uploaded at once by `ferry ship`.
     pub concurrency: u64,
+    /// How long `ferry ship` may retry one put (backoff with full jitter)
+    /// before it leaves the entry for the next drain.
+    pub retry_budget_secs: u64,
 }
 
 impl Default for SpoolConfig {
@@ -125,6 +128,7 @@ impl Default for SpoolConfig {
             max_mib: 2048,
             max_entries: 1000,
             concurrency: 2,
+            retry_budget_secs: 300,
         }
     }
 }
@@ -207,6 +211,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("spool.max_mib", "FERRY_SPOOL_MAX_MIB"),
     ("spool.max_entries", "FERRY_SPOOL_MAX_ENTRIES"),
     ("spool.concurrency", "FERRY_SPOOL_CONCURRENCY"),
+    ("spool.retry_budget_secs", "FERRY_SPOOL_RETRY_BUDGET_SECS"),
     ("testing.skip_externals", "FERRY_TESTING_SKIP_EXTERNALS"),
     ("testing.fail_after_dump", "FERRY_TESTING_FAIL_AFTER_DUMP"),
     ("testing.backend_down", "FERRY_TESTING_BACKEND_DOWN"),

@@ -66,7 +66,8 @@ enum Command {
     Pull(PullArgs),
     /// Ship every bundle waiting in the spool to every destination that
     /// lacks it, and re-send the spans runs could not export. Exit status:
-    /// 0 the spool is empty, 1 bundles still wait, 2 an error.
+    /// 0 the spool is empty, 1 bundles still wait (or some are in
+    /// quarantine), 2 an error.
     Ship(ShipArgs),
     /// Look at and act on the spool's entries.
     Spool {
@@ -515,7 +516,13 @@ fn ship_cmd(config: Option<&std::path::Path>, args: ShipArgs) -> anyhow::Result<
             String::new()
         }
     );
-    Ok(if r.depth == 0 {
+    let quarantined = ferry::shipping::open(&cfg)?.quarantined()?.len();
+    if quarantined > 0 {
+        eprintln!(
+            "ferry: {quarantined} damaged entries are in quarantine: `ferry spool list` shows why; `ferry spool drop ID` once looked at"
+        );
+    }
+    Ok(if r.depth == 0 && quarantined == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

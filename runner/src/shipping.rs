@@ -138,7 +138,11 @@ pub fn ship_all(
     let spool = open(config)?;
     let _lock = spool.lock_drain(&holder("ferry ship"), wait, on_wait)?;
     let destinations = EntryDestinations::per_run(config);
-    let mut opts = drain_options(config, RetryPolicy::default());
+    let retry = RetryPolicy {
+        budget: Duration::from_secs(config.spool.retry_budget_secs),
+        ..RetryPolicy::default()
+    };
+    let mut opts = drain_options(config, retry);
     opts.include_parked = include_parked;
     let start = ids::now_unix_nano();
     let report = spool.drain(&opts, &|m, d| destinations.resolve(m, d))?;

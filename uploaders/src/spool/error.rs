@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     /// A filesystem operation on the spool failed.
-    #[error("spool: cannot {action} {path}: {source}; {fix}", path = path.display())]
+    // The cause is part of the message, not a `source`: `{:#}` at the
+    // binary's edge would print it twice.
+    #[error("spool: cannot {action} {path}: {cause}; {fix}", path = path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
         fix: &'static str,
     },
     /// Another process drains the spool and we were told not to wait.
@@ -41,24 +42,24 @@ pub enum SpoolError {
 impl SpoolError {
     /// Classifies an I/O error of `action` on `path`, with the fix that
     /// applies to the spool.
-    pub fn io(action: &'static str, path: &Path, source: io::Error) -> Self {
-        let fix = fix_for(&source);
+    pub fn io(action: &'static str, path: &Path, cause: io::Error) -> Self {
+        let fix = fix_for(&cause);
         SpoolError::Io {
             action,
             path: path.to_path_buf(),
-            source,
+            cause,
             fix,
         }
     }
 
     /// Whether the filesystem (or quota) was full.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, SpoolError::Io { source, .. } if is_no_space(source))
+        matches!(self, SpoolError::Io { cause, .. } if is_no_space(cause))
     }
 
     /// Whether access was refused.
     pub fn is_permission_denied(&self) -> bool {
-        matches!(self, SpoolError::Io { source, .. } if source.kind() == io::ErrorKind::PermissionDenied)
+        matches!(self, SpoolError::Io { cause, .. } if cause.kind() == io::ErrorKind::PermissionDenied)
     }
 }
 
