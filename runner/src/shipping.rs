@@ -145,8 +145,9 @@ pub fn ship_all(
     let mut opts = drain_options(config, retry);
     opts.include_parked = include_parked;
     let start = ids::now_unix_nano();
+    let origins = run_dirs_of(&spool);
     let report = spool.drain(&opts, &|m, d| destinations.resolve(m, d))?;
-    let forgotten = forget_finished_runs(&spool, &config.runs_dir());
+    let forgotten = forget_finished_runs(&spool, origins, &config.runs_dir());
     let spans = telemetry::ship_all(&config.runs_dir(), SPAN_BUDGET);
     record_metrics(config, &SpoolTally::from_report(&report), start);
     Ok(ShipSummary {
@@ -156,21 +157,35 @@ pub fn ship_all(
     })
 }
 
-/// Deletes the saved credentials of ended runs that no spool entry needs
-/// any more (the run could not delete them: its bundle was waiting).
-fn forget_finished_runs(spool: &Spool, runs_dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = spool.entries() else {
+/// The run directories spool entries came from.
+fn run_dirs_of(spool: &Spool) -> BTreeSet<PathBuf> {
+    spool
+        .entries()
+        .map(|es| {
+            es.into_iter()
+                .filter_map(|e| e.meta.origin.run_dir)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Deletes the saved credentials of ended runs (those whose entries were
+/// waiting, and any under `runs_dir`) that no spool entry needs any more:
+/// the run could not delete them while its bundle was waiting.
+fn forget_finished_runs(
+    spool: &Spool,
+    mut candidates: BTreeSet<PathBuf>,
+    runs_dir: &Path,
+) -> Vec<PathBuf> {
+    if spool.entries().is_err() {
         return Vec::new();
-    };
-    let needed: BTreeSet<PathBuf> = entries
-        .iter()
-        .filter_map(|e| e.meta.origin.run_dir.clone())
-        .collect();
-    let Ok(rd) = std::fs::read_dir(runs_dir) else {
-        return Vec::new();
-    };
+    }
+    let needed = run_dirs_of(spool);
+    if let Ok(rd) = std::fs::read_dir(runs_dir) {
+        candidates.extend(rd.flatten().map(|e| e.path()));
+    }
     let mut out = Vec::new();
-    for dir in rd.flatten().map(|e| e.path()) {
+    for dir in candidates {
         let run = RunDir::new(&dir);
         if needed.contains(&dir) || !crate::secrets::Secrets::saved(&run) {
             continue;
