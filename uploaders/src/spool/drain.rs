@@ -116,17 +116,29 @@ impl Spool {
                     tracing::warn!(target: "ferry::spool", "spool entry {name} has format {format}, written by a newer ferry: left for it");
                     report.newer.push(name);
                 }
-                Scanned::Bad { name, path, reason } => {
+                Scanned::Bad { name, path, .. } => {
                     let lock = match EntryLock::try_take(&name, &path) {
                         Ok(Some(l)) => Some(l),
                         Ok(None) => {
                             report.busy.push(name);
                             continue;
                         }
-                        // Not a directory: nothing to lock.
+                        // Removed since the scan (another process shipped
+                        // it), or not a directory: nothing to lock.
+                        Err(_) if std::fs::symlink_metadata(&path).is_err() => continue,
                         Err(_) => None,
                     };
-                    report.quarantined.push(self.quarantine(&name, &reason)?);
+                    // Read again under the lock: an entry being removed by
+                    // another process looks damaged for a moment.
+                    match entry::load(&path) {
+                        Err(entry::Bad::Corrupt(reason))
+                            if std::fs::symlink_metadata(&path).is_ok() =>
+                        {
+                            report.quarantined.push(self.quarantine(&name, &reason)?);
+                        }
+                        Ok(_) => queue.push_back(name),
+                        Err(_) => {}
+                    }
                     drop(lock);
                 }
             }
