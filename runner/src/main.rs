@@ -486,12 +486,6 @@ fn ship_cmd(config: Option<&std::path::Path>, args: ShipArgs) -> anyhow::Result<
         if e.removed || e.quarantined.is_some() {
             continue;
         }
-        for f in &e.failed {
-            eprintln!(
-                "ferry: {} ({}) still waits for {} after {} attempts: {}",
-                e.id, e.key, f.destination, f.attempts, f.error
-            );
-        }
         for d in &e.parked {
             eprintln!(
                 "ferry: {} ({}) is parked for {d} by a permanent failure (`ferry spool show {}`); fix it, then `ferry spool retry {}`",

@@ -108,7 +108,7 @@ fn a_destination_down_for_the_whole_test_keeps_entries_within_the_cap() {
             .arg("ship")
             .run()
             .code(1)
-            .stderr_has("still waits for dir")
+            .stderr_has("not shipped to dir")
             .stderr_has("failed on purpose")
             .stderr_lacks(secret);
     }
@@ -128,7 +128,7 @@ fn a_destination_down_for_the_whole_test_keeps_entries_within_the_cap() {
         .arg(&ids[2])
         .run()
         .code(0);
-    r.stdout_has("dir: waiting after 3 attempts");
+    r.stdout_has("dir: waiting (3 attempts so far)");
     // Nothing of the secret anywhere in the spool.
     let out = std::process::Command::new("grep")
         .args(["-r", secret])

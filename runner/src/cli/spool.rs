@@ -247,8 +247,9 @@ fn show(spool: &Spool, id: &str, json: bool, out: &mut impl Write) -> anyhow::Re
             let state = if f.permanent { "parked" } else { "waiting" };
             writeln!(
                 out,
-                "  {d}: {state} after {} attempts: {}",
-                f.attempts, f.error
+                "  {d}: {state} ({}): {}",
+                ferry_uploaders::spool::attempts_text(f.attempts),
+                f.error
             )?;
             if f.permanent {
                 writeln!(out, "    once fixed: ferry spool retry {}", e.meta.id)?;

@@ -66,15 +66,15 @@ impl Backend for Faulty {
             return Err(BackendError::new(
                 self.name.clone(),
                 self.kind,
-                format!(
-                    "put {key} failed on purpose (fault {} of {})",
-                    n + 1,
-                    if self.fail_first == u64::MAX {
-                        "every".to_string()
-                    } else {
-                        self.fail_first.to_string()
-                    }
-                ),
+                if self.fail_first == u64::MAX {
+                    format!("put {key} failed on purpose (every put fails)")
+                } else {
+                    format!(
+                        "put {key} failed on purpose ({} of {})",
+                        n + 1,
+                        self.fail_first
+                    )
+                },
                 "this destination is broken on purpose by a test (testing.backend_down)",
             ));
         }

@@ -481,10 +481,15 @@ fn record_failure(
         );
     }
     tracing::warn!(
-        "{} not shipped to {dest} ({} attempts so far): {}",
+        "{} not shipped to {dest} ({}): {}",
         status.meta.key,
-        f.attempts,
+        attempts_text(f.attempts),
         f.error
     );
     f
+}
+
+/// `1 attempt so far`, `3 attempts so far`.
+pub fn attempts_text(n: u32) -> String {
+    format!("{n} attempt{} so far", if n == 1 { "" } else { "s" })
 }
