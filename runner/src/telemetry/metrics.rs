@@ -279,6 +279,46 @@ mod tests {
     }
 
     #[test]
+    fn spool_metrics_use_listed_names_and_attributes() {
+        let mut tally = crate::shipping::SpoolTally {
+            depth: 3,
+            quarantined: 1,
+            ..Default::default()
+        };
+        tally.evicted.insert("oldest".into(), 2);
+        tally.shipped.insert("dir".into(), 42);
+        let doc = spool_metrics("ferry", "h", &tally, 1, 2);
+        let metrics = doc["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+            .as_array()
+            .unwrap();
+        let mut seen = Vec::new();
+        for m in metrics {
+            let name = m["name"].as_str().unwrap();
+            let listed = names::ALL_METRICS.iter().find(|l| l.name == name).unwrap();
+            let points = m["gauge"]["dataPoints"]
+                .as_array()
+                .or(m["sum"]["dataPoints"].as_array())
+                .unwrap();
+            for p in points {
+                for a in p["attributes"].as_array().unwrap() {
+                    let key = a["key"].as_str().unwrap();
+                    assert!(listed.attributes.contains(&key), "{name}: {key}");
+                }
+            }
+            seen.push((name, points[0]["asInt"].as_str().unwrap().to_string()));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("ferry.spool.depth", "3".to_string()),
+                ("ferry.spool.evicted", "2".to_string()),
+                ("ferry.spool.quarantined", "1".to_string()),
+                ("ferry.ship.bytes", "42".to_string()),
+            ]
+        );
+    }
+
+    #[test]
     fn histogram_buckets_add_up() {
         let mut h = Hist::default();
         h.observe(1, 2, 0.01);
