@@ -2,11 +2,11 @@
 //!
 //! 1. `ferry install` sets up ferry-ship.timer; its timer is stopped for
 //!    this boot so nothing drains before the cut;
-//! 2. bundle A is spooled (`ferry spool add`), and at once bundle B starts
-//!    and stops half-way through its write (a pausing failpoint); then
-//!    the power is cut (qemu quits, no shutdown): what the guest kernel had
-//!    not written out is gone, so A survives only if the spool's fsyncs
-//!    did their job;
+//! 2. bundle B starts spooling and stops half-way through its write (a
+//!    pausing failpoint), `sync` puts its partial entry on the disk; then
+//!    bundle A is spooled (`ferry spool add`) and the power is cut at once
+//!    (qemu quits, no shutdown): what the guest kernel had not written out
+//!    is gone, so A survives only if the spool's fsyncs did their job;
 //! 3. the same disk boots again; the timer starts ferry-ship.service,
 //!    which ships A (byte-identical), removes B's partial entry, and
 //!    leaves the spool empty; B, spooled again, ships too.
@@ -61,11 +61,12 @@ fn first_boot(guest: &Guest) -> Result<String> {
         .next()
         .context("no sha256sum output")?
         .to_string();
-    // A, then at once B, which stops half-way (its partial entry is on the
-    // disk, or in the page cache, when the power goes).
+    // B starts and stops half-way; `sync` puts its partial entry on the
+    // disk (so the next boot finds a dead writer's leftovers). Then A, whose
+    // entry is on the disk only if ferry's own fsyncs put it there: the
+    // power goes at once, long before the kernel's writeback would.
     guest.ssh_ok(
-        "ferry spool add /root/a.tar.gz && \
-         (FERRY_FAILPOINT=spool.write.chunk:100:pause nohup ferry spool add /root/b.tar.gz \
+        "(FERRY_FAILPOINT=spool.write.chunk:100:pause nohup ferry spool add /root/b.tar.gz \
             > /root/b.log 2>&1 &)",
     )?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -79,6 +80,8 @@ fn first_boot(guest: &Guest) -> Result<String> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    guest.ssh_ok("sync")?;
+    guest.ssh_ok("ferry spool add /root/a.tar.gz")?;
     let spool = guest.ssh_ok("ls /var/spool/ferry/entries /var/spool/ferry/tmp")?;
     eprintln!("spool at the power cut:\n{spool}");
     Ok(sha_a)
