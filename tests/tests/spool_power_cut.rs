@@ -67,11 +67,11 @@ fn first_boot(guest: &Guest) -> Result<String> {
     // power goes at once, long before the kernel's writeback would.
     guest.ssh_ok(
         "(FERRY_FAILPOINT=spool.write.chunk:100:pause nohup ferry spool add /root/b.tar.gz \
-            > /root/b.log 2>&1 &)",
+            < /dev/null > /root/b.log 2>&1 &)",
     )?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let log = guest.ssh_ok("cat /root/b.log")?;
+        let log = guest.ssh_ok("cat /root/b.log 2>/dev/null || true")?;
         if log.contains("paused") {
             break;
         }
