@@ -40,6 +40,7 @@ pub struct Config {
     pub kernel: KernelConfig,
     pub criu: CriuConfig,
     pub ship: ShipConfig,
+    pub spool: SpoolConfig,
     pub testing: TestingConfig,
 }
 
@@ -53,6 +54,9 @@ pub struct TestingConfig {
     /// Call the trip off right after a successful dump, so the session is
     /// restored in place on the old kernel.
     pub fail_after_dump: bool,
+    /// Destinations whose every put fails as unavailable (a store that
+    /// stays down), so bundles wait in the spool.
+    pub backend_down: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +104,48 @@ pub struct ShipConfig {
     pub github: GithubConfig,
     /// The `dropbox` backend (credentials come from the environment only).
     pub dropbox: DropboxConfig,
+    /// How long the end of a run may spend retrying one destination before
+    /// the bundle is left in the spool for `ferry ship` (the waiting CI job
+    /// is held up that long at most).
+    pub retry_budget_secs: u64,
+}
+
+/// The spool: where bundles wait until every destination has them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// On persistent storage (not tmpfs): it must outlive reboots.
+    pub dir: PathBuf,
+    /// Size cap; past it entries are evicted (see docs/spool.md).
+    pub max_mib: u64,
+    /// Entry count cap.
+    pub max_entries: u64,
+    /// Entries uploaded at once by `ferry ship`.
+    pub concurrency: u64,
+    /// How long `ferry ship` may retry one put (backoff with full jitter)
+    /// before it leaves the entry for the next drain.
+    pub retry_budget_secs: u64,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        SpoolConfig {
+            dir: PathBuf::from(ferry_uploaders::spool::DEFAULT_DIR),
+            max_mib: 2048,
+            max_entries: 1000,
+            concurrency: 2,
+            retry_budget_secs: 300,
+        }
+    }
+}
+
+impl SpoolConfig {
+    pub fn limits(&self) -> ferry_uploaders::spool::Limits {
+        ferry_uploaders::spool::Limits {
+            max_bytes: self.max_mib.saturating_mul(1 << 20),
+            max_entries: usize::try_from(self.max_entries).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 impl Default for Config {
@@ -110,6 +156,7 @@ impl Default for Config {
             kernel: KernelConfig::default(),
             criu: CriuConfig::default(),
             ship: ShipConfig::default(),
+            spool: SpoolConfig::default(),
             testing: TestingConfig::default(),
         }
     }
@@ -143,6 +190,7 @@ impl Default for ShipConfig {
             max_file_mib: 64,
             github: GithubConfig::default(),
             dropbox: DropboxConfig::default(),
+            retry_budget_secs: 60,
         }
     }
 }
@@ -191,8 +239,15 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "ship.dropbox.timeout_secs",
         "FERRY_SHIP_DROPBOX_TIMEOUT_SECS",
     ),
+    ("ship.retry_budget_secs", "FERRY_SHIP_RETRY_BUDGET_SECS"),
+    ("spool.dir", "FERRY_SPOOL_DIR"),
+    ("spool.max_mib", "FERRY_SPOOL_MAX_MIB"),
+    ("spool.max_entries", "FERRY_SPOOL_MAX_ENTRIES"),
+    ("spool.concurrency", "FERRY_SPOOL_CONCURRENCY"),
+    ("spool.retry_budget_secs", "FERRY_SPOOL_RETRY_BUDGET_SECS"),
     ("testing.skip_externals", "FERRY_TESTING_SKIP_EXTERNALS"),
     ("testing.fail_after_dump", "FERRY_TESTING_FAIL_AFTER_DUMP"),
+    ("testing.backend_down", "FERRY_TESTING_BACKEND_DOWN"),
 ];
 
 /// Environment variables whose values are secrets: masked in every output
@@ -286,10 +341,40 @@ impl Config {
                 insert(&mut value, key, parsed);
             }
         }
-        Config::deserialize(toml::Value::Table(value)).map_err(|e| ConfigError::Invalid {
+        let config =
+            Config::deserialize(toml::Value::Table(value)).map_err(|e| ConfigError::Invalid {
+                path: origin.clone(),
+                message: e.message().to_string(),
+            })?;
+        config.check().map_err(|message| ConfigError::Invalid {
             path: origin,
-            message: e.message().to_string(),
-        })
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Values the types allow but ferry cannot use.
+    fn check(&self) -> Result<(), String> {
+        for (i, b) in self.ship.backends.iter().enumerate() {
+            if self.ship.backends[..i].contains(b) {
+                return Err(format!(
+                    "ship.backends names {b:?} twice (FERRY_SHIP_BACKENDS); name each destination once"
+                ));
+            }
+        }
+        if self.spool.max_mib == 0 || self.spool.max_entries == 0 {
+            return Err(
+                "spool.max_mib and spool.max_entries must be at least 1 (FERRY_SPOOL_MAX_MIB, FERRY_SPOOL_MAX_ENTRIES)"
+                    .into(),
+            );
+        }
+        if !(1..=16).contains(&self.spool.concurrency) {
+            return Err(format!(
+                "spool.concurrency is {}; use 1 to 16 (FERRY_SPOOL_CONCURRENCY)",
+                self.spool.concurrency
+            ));
+        }
+        Ok(())
     }
 
     /// The effective config as TOML, for `ferry config check`.
@@ -429,6 +514,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.contains("ferry.toml") && msg.contains("paht"), "{msg}");
+    }
+
+    #[test]
+    fn spool_keys_from_env_and_bad_values_named() {
+        let cfg = Config::load(
+            None,
+            &env_of(&[
+                ("FERRY_SPOOL_DIR", "/srv/spool"),
+                ("FERRY_SPOOL_MAX_MIB", "10"),
+                ("FERRY_TESTING_BACKEND_DOWN", "dir"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.spool.dir, PathBuf::from("/srv/spool"));
+        assert_eq!(cfg.spool.limits().max_bytes, 10 << 20);
+        assert_eq!(cfg.testing.backend_down, ["dir"]);
+        for (var, value, needle) in [
+            ("FERRY_SPOOL_CONCURRENCY", "0", "spool.concurrency"),
+            ("FERRY_SPOOL_MAX_MIB", "0", "spool.max_mib"),
+            ("FERRY_SHIP_BACKENDS", "dir,dir", "twice"),
+        ] {
+            let msg = Config::load(None, &env_of(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(needle), "{msg}");
+        }
     }
 
     #[test]

@@ -4,13 +4,19 @@
 //! This is the only place that knows which backends exist; `ship`, `pull`
 //! and the spool only ever hold a `dyn Backend`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
+use ferry_uploaders::backends::ErrorKind;
+use ferry_uploaders::spool::EntryMeta;
 use ferry_uploaders::{
-    Backend, BackendError, DirBackend, DropboxBackend, DropboxCredentials, GithubBackend,
+    Backend, BackendError, DirBackend, DropboxBackend, DropboxCredentials, Faulty, GithubBackend,
 };
 
 use crate::config::Config;
+use crate::secrets::Secrets;
+use crate::state::RunDir;
 
 /// The names `ship.backends` may hold.
 pub const KNOWN: &[&str] = &["dir", "dropbox", "github"];
@@ -39,15 +45,20 @@ pub fn open(
     config: &Config,
     env: Env<'_>,
 ) -> Result<Box<dyn Backend>, DestinationError> {
-    match name {
-        "dir" => Ok(Box::new(DirBackend::new(dir_root(config))?)),
-        "dropbox" => Ok(Box::new(DropboxBackend::new(
+    let backend: Box<dyn Backend> = match name {
+        "dir" => Box::new(DirBackend::new(dir_root(config))?),
+        "dropbox" => Box::new(DropboxBackend::new(
             config.ship.dropbox.clone(),
             DropboxCredentials::from_env(env)?,
-        )?)),
-        "github" => Ok(Box::new(GithubBackend::from_env(&config.ship.github, env)?)),
-        other => Err(unknown(other)),
+        )?),
+        "github" => Box::new(GithubBackend::from_env(&config.ship.github, env)?),
+        other => return Err(unknown(other)),
+    };
+    if config.testing.backend_down.iter().any(|d| d == name) {
+        tracing::warn!("testing.backend_down: every put to {name} fails on purpose");
+        return Ok(Box::new(Faulty::down(backend)));
     }
+    Ok(backend)
 }
 
 /// Whether backend `name` can take a bundle with the settings and
@@ -75,6 +86,84 @@ fn unknown(name: &str) -> DestinationError {
     DestinationError::Unknown {
         name: name.to_string(),
         known: KNOWN.join(", "),
+    }
+}
+
+/// A backend opened for one run (or none) and destination name.
+type OpenedFor = (Option<PathBuf>, String);
+
+/// Opens the destinations of spool entries: an entry made by a run uses
+/// that run's plan and saved credentials (the timer's `ferry ship` has
+/// neither the job's environment nor its flags), any other entry this
+/// process's. Each backend is opened once per run and shared by the
+/// drain's threads.
+pub struct EntryDestinations {
+    fallback: Config,
+    fixed: Option<(Config, Secrets)>,
+    cache: Mutex<HashMap<OpenedFor, Arc<dyn Backend>>>,
+}
+
+impl EntryDestinations {
+    /// For `ferry ship`: entries of runs use their runs' settings.
+    pub fn per_run(fallback: &Config) -> Self {
+        EntryDestinations {
+            fallback: fallback.clone(),
+            fixed: None,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// For the end of a run: its own settings and credentials.
+    pub fn fixed(config: &Config, secrets: Secrets) -> Self {
+        EntryDestinations {
+            fallback: config.clone(),
+            fixed: Some((config.clone(), secrets)),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn settings(&self, meta: &EntryMeta) -> (Config, Secrets) {
+        if let Some((c, s)) = &self.fixed {
+            return (c.clone(), s.clone());
+        }
+        if let Some(dir) = &meta.origin.run_dir {
+            let run = RunDir::new(dir);
+            if let Ok(state) = run.load()
+                && let Ok(plan) = crate::trip::plan_of(&run, &state)
+            {
+                return (plan, Secrets::for_run(&run));
+            }
+        }
+        (
+            self.fallback.clone(),
+            Secrets::from_env(&|k| std::env::var(k).ok()),
+        )
+    }
+
+    /// The backend `dest` for `meta`.
+    pub fn resolve(&self, meta: &EntryMeta, dest: &str) -> Result<Arc<dyn Backend>, BackendError> {
+        let key = (meta.origin.run_dir.clone(), dest.to_string());
+        if let Some(b) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(b);
+        }
+        let (config, secrets) = self.settings(meta);
+        let env = |k: &str| secrets.get(k).map(str::to_string);
+        let backend: Arc<dyn Backend> = match open(dest, &config, &env) {
+            Ok(b) => Arc::from(b),
+            Err(DestinationError::Backend(e)) => return Err(e),
+            Err(e) => {
+                return Err(BackendError::new(
+                    dest,
+                    ErrorKind::Config,
+                    e.to_string(),
+                    "fix ship.backends in ferry.toml, then `ferry spool retry` the entry",
+                ));
+            }
+        };
+        if let Ok(mut c) = self.cache.lock() {
+            c.insert(key, backend.clone());
+        }
+        Ok(backend)
     }
 }
 
@@ -179,5 +268,19 @@ mod tests {
         })
         .unwrap();
         assert_eq!(b.name(), "github");
+    }
+
+    #[test]
+    fn a_destination_down_on_purpose_fails_every_put() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.ship.dir = tmp.path().join("bundles");
+        config.testing.backend_down = vec!["dir".into()];
+        let b = open("dir", &config, &|_| None).unwrap();
+        let src = tmp.path().join("x");
+        std::fs::write(&src, b"x").unwrap();
+        let e = b.put("x", &src).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(!tmp.path().join("bundles/x").exists());
     }
 }

@@ -45,13 +45,21 @@ pub fn conclude(
         });
     }
     ctx.telemetry.emit_root(&ctx.state, result, error_type);
-    let bundle = match run_phase(ctx, "ship", |c| phases::ship::run(c, result)) {
-        Ok(location) => Some(location),
+    let ship = match run_phase(ctx, "ship", |c| phases::ship::run(c, result)) {
+        Ok(record) => Some(record),
         Err(e) => {
-            tracing::error!("the bundle was not shipped: {}", e.message);
+            tracing::error!(
+                "the bundle was not written: {}; the run's logs are still in {}",
+                e.message,
+                ctx.run.root.display()
+            );
             None
         }
     };
+    let bundle = ship
+        .as_ref()
+        .and_then(|r| r.shipped.first())
+        .map(|s| s.location.clone());
     let downtime_ms = match (
         ctx.state.handoff.dump_start_unix_nano,
         ctx.state.handoff.restored_unix_nano,
@@ -72,6 +80,7 @@ pub fn conclude(
         restored_root_pid: ctx.state.handoff.restored_root_pid,
         end_unix_nano: ids::now_unix_nano(),
         diagnosis: diagnosis.as_ref().map(|d| d.summary()),
+        ship: ship.clone(),
     };
     ctx.state.outcome = Some(outcome.clone());
     if let Err(e) = ctx.save() {
@@ -79,15 +88,18 @@ pub fn conclude(
     }
     // Metrics of the run, and the exporter's settings read before the
     // secrets (its headers) are forgotten.
-    let shipped = outcome
-        .bundle
-        .as_deref()
-        .and_then(|b| crate::telemetry::shipped_bundle_size(ctx.run, b))
-        .map(|size| ("dir", size));
+    let shipped: Vec<(String, u64)> = ship
+        .iter()
+        .flat_map(|r| r.shipped.iter().map(|s| (s.destination.clone(), r.size)))
+        .collect();
     ctx.telemetry
-        .record_run_metrics(ctx.run, &ctx.state, result, error_type, shipped);
+        .record_run_metrics(ctx.run, &ctx.state, result, error_type, &shipped);
     let export = crate::telemetry::export::ExportConfig::for_run(ctx.run, &ctx.state.otel);
-    crate::secrets::Secrets::forget(ctx.run);
+    // A bundle that waits in the spool needs the credentials for
+    // `ferry ship`, which deletes them once it is out.
+    if ship.as_ref().is_none_or(|r| r.waiting.is_empty()) {
+        crate::secrets::Secrets::forget(ctx.run);
+    }
     if let Err(e) = ctx.run.save_outcome(&outcome) {
         tracing::error!("{e}");
     }

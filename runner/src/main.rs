@@ -64,6 +64,20 @@ enum Command {
     /// List the bundles in a backend; with --extract, download, verify every
     /// file's sha256 against the manifest and extract them safely.
     Pull(PullArgs),
+    /// Ship every bundle waiting in the spool to every destination that
+    /// lacks it, and re-send the spans runs could not export. Exit status:
+    /// 0 the spool is empty, 1 bundles still wait (or some are in
+    /// quarantine), 2 an error.
+    Ship(ShipArgs),
+    /// Look at and act on the spool's entries.
+    Spool {
+        #[command(subcommand)]
+        command: SpoolCommand,
+    },
+    /// Install (or with --uninstall remove) ferry-ship.service and
+    /// ferry-ship.timer, which drain the spool after every boot and
+    /// periodically.
+    Install(InstallArgs),
     #[command(name = "__worker", hide = true)]
     Worker {
         #[arg(long)]
@@ -80,6 +94,69 @@ enum Command {
 enum ConfigCommand {
     /// Validate and print the effective configuration, secrets masked.
     Check,
+}
+
+#[derive(clap::Args)]
+struct ShipArgs {
+    /// Fail at once if another drain holds the spool, instead of waiting.
+    #[arg(long)]
+    no_wait: bool,
+    /// Longest wait for another drain, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    wait_secs: u64,
+    /// Also try destinations parked by a permanent failure.
+    #[arg(long)]
+    retry_parked: bool,
+    /// Print the drain's report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum SpoolCommand {
+    /// The waiting and quarantined entries.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entry: its key, checksum, and every destination's state.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Un-park an entry (or --all) after fixing a permanent failure, so the
+    /// next `ferry ship` tries it again.
+    Retry {
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Delete one entry (waiting or quarantined) for good; its id must be
+    /// given.
+    Drop { id: String },
+    /// Put a file (e.g. an old bundle) into the spool for the configured
+    /// destinations; `ferry ship` sends it.
+    Add {
+        file: PathBuf,
+        /// The key to store it under (default: the file's name).
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct InstallArgs {
+    /// Remove the units instead.
+    #[arg(long)]
+    uninstall: bool,
+    /// Where the units go.
+    #[arg(long, value_name = "DIR", default_value = ferry::units::UNIT_DIR)]
+    unit_dir: PathBuf,
+    /// Only write the files: no daemon-reload, no enable.
+    #[arg(long)]
+    no_systemctl: bool,
 }
 
 #[derive(clap::Args)]
@@ -144,6 +221,9 @@ struct UpgradeArgs {
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 }
+
+#[path = "cli/spool.rs"]
+mod spool_cmd;
 
 fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
     Ok(Config::load(path, &|k| std::env::var(k).ok())?)
@@ -214,6 +294,9 @@ fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
         Command::Diagnose { inputs, json } => diagnose_cmd(&inputs, json),
         Command::Report { input, html } => report_cmd(&input, html.as_deref()),
         Command::Pull(args) => pull_cmd(cli.config.as_deref(), args),
+        Command::Ship(args) => ship_cmd(cli.config.as_deref(), args),
+        Command::Spool { command } => spool_cmd::run(&load_config(cli.config.as_deref())?, command),
+        Command::Install(args) => install_cmd(cli.config.as_deref(), args, telemetry),
         Command::Config {
             command: ConfigCommand::Check,
         } => {
@@ -376,6 +459,100 @@ fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ferry ship`.
+fn ship_cmd(config: Option<&std::path::Path>, args: ShipArgs) -> anyhow::Result<ExitCode> {
+    use ferry_uploaders::spool::Wait;
+    let cfg = load_config(config)?;
+    let wait = if args.no_wait {
+        Wait::No
+    } else {
+        Wait::Up(std::time::Duration::from_secs(args.wait_secs))
+    };
+    let summary = ferry::shipping::ship_all(&cfg, wait, args.retry_parked, &mut |holder| {
+        eprintln!("ferry: waiting for the spool: it is being drained by {holder}");
+    })?;
+    let r = &summary.report;
+    if args.json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, r).context("cannot write to stdout")?;
+        writeln!(out).context("cannot write to stdout")?;
+    }
+    for e in &r.entries {
+        for a in &e.shipped {
+            if let Some(link) = a.link.as_deref().filter(|l| *l != a.receipt.location) {
+                eprintln!("ferry: {} link ({}): {link}", e.key, a.destination);
+            }
+        }
+        if e.removed || e.quarantined.is_some() {
+            continue;
+        }
+        for d in &e.parked {
+            eprintln!(
+                "ferry: {} ({}) is parked for {d} by a permanent failure (`ferry spool show {}`); fix it, then `ferry spool retry {}`",
+                e.id, e.key, e.id, e.id
+            );
+        }
+    }
+    for id in &r.busy {
+        eprintln!("ferry: {id} is in use by another ferry process; left for it");
+    }
+    let shipped = r.entries.iter().filter(|e| e.removed).count();
+    let spans: usize = summary.spans.iter().map(|(_, x)| x.spans_sent).sum();
+    eprintln!(
+        "ferry: spool {}: {shipped} shipped, {} waiting, {} quarantined, {} evicted{}",
+        cfg.spool.dir.display(),
+        r.depth,
+        r.quarantined.len(),
+        r.evicted.len(),
+        if spans > 0 {
+            format!("; {spans} spans re-sent")
+        } else {
+            String::new()
+        }
+    );
+    let quarantined = ferry::shipping::open(&cfg)?.quarantined()?.len();
+    if quarantined > 0 {
+        eprintln!(
+            "ferry: {quarantined} damaged entries are in quarantine: `ferry spool list` shows why; `ferry spool drop ID` once looked at"
+        );
+    }
+    Ok(if r.depth == 0 && quarantined == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `ferry install [--uninstall]`.
+fn install_cmd(
+    config: Option<&std::path::Path>,
+    args: InstallArgs,
+    telemetry: &telemetry::Telemetry,
+) -> anyhow::Result<ExitCode> {
+    use ferry::install;
+    let cfg = load_config(config)?;
+    let opts = install::InstallOptions {
+        systemctl: !args.no_systemctl && install::systemd_running(),
+        unit_dir: args.unit_dir,
+        ferry: std::env::current_exe()
+            .and_then(std::fs::canonicalize)
+            .context("cannot tell where this ferry binary is")?,
+        env: install::baked_env(&|k| std::env::var(k).ok(), config),
+    };
+    let runner = ferry::exec::SystemRunner::new(telemetry.spans.clone(), Vec::new());
+    let done = if args.uninstall {
+        install::uninstall(&opts, &runner)?
+    } else {
+        // The spool exists (private) before the first drain needs it.
+        ferry::shipping::open(&cfg)?;
+        install::install(&opts, &runner)?
+    };
+    for line in done {
+        eprintln!("ferry: {line}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The lines a CI log keeps: what happened, where the evidence is.
 fn report(outcome: &Outcome) -> ExitCode {
     match outcome.result.as_str() {
@@ -415,6 +592,16 @@ fn report(outcome: &Outcome) -> ExitCode {
     }
     if let Some(b) = &outcome.bundle {
         eprintln!("ferry: bundle: {b}");
+    }
+    if let Some(ship) = &outcome.ship {
+        for s in &ship.shipped {
+            if let Some(link) = s.link.as_deref().filter(|l| *l != s.location) {
+                eprintln!("ferry: bundle link ({}): {link}", s.destination);
+            }
+        }
+        if let Some(line) = ferry::shipping::waiting_line(ship) {
+            eprintln!("ferry: {line}");
+        }
     }
     if let (Some(file), Some(id)) = (&outcome.trace_file, &outcome.trace_id) {
         eprintln!("ferry: trace {id}: {file}");

@@ -81,7 +81,13 @@ impl Secrets {
         f.sync_all()
     }
 
-    /// The run has ended: the values are no longer needed on disk.
+    /// Whether the run still keeps values on disk.
+    pub fn saved(run: &RunDir) -> bool {
+        run.root.join(FILE).exists()
+    }
+
+    /// The run has ended and its bundle is shipped: the values are no
+    /// longer needed on disk.
     pub fn forget(run: &RunDir) {
         let _ = std::fs::remove_file(run.root.join(FILE));
     }

@@ -86,6 +86,41 @@ pub struct Outcome {
     /// What `ferry diagnose` found in the logs of a run that did not succeed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diagnosis: Option<crate::diagnose::Summary>,
+    /// Where the bundle went and where it still waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ship: Option<ShipRecord>,
+}
+
+/// The bundle of a run: spooled first, then shipped where it could be.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShipRecord {
+    /// The key every destination stores it under (the bundle's name).
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    pub spool_dir: PathBuf,
+    /// The spool entry, while it waits for some destination.
+    pub spool_entry: Option<String>,
+    pub shipped: Vec<ShippedTo>,
+    pub waiting: Vec<WaitingFor>,
+}
+
+/// A destination that has the bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShippedTo {
+    pub destination: String,
+    pub location: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// A destination that does not have it yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WaitingFor {
+    pub destination: String,
+    pub error: String,
+    /// A permanent failure: `ferry spool retry` once fixed.
+    pub parked: bool,
 }
 
 /// The kernel chosen for the trip.

@@ -5,6 +5,57 @@ use std::path::{Path, PathBuf};
 pub const RESUME_UNIT: &str = "ferry-resume.service";
 pub const NETFILTER_UNIT: &str = "ferry-netfilter.service";
 pub const UNIT_DIR: &str = "/etc/systemd/system";
+/// Drains the spool (`ferry ship`); started by its timer.
+pub const SHIP_UNIT: &str = "ferry-ship.service";
+/// Starts [`SHIP_UNIT`] after every boot and periodically.
+pub const SHIP_TIMER: &str = "ferry-ship.timer";
+
+/// `ferry ship` as a oneshot service. It has no `[Install]` of its own: a
+/// oneshot wanted by multi-user.target would hold the boot until every
+/// destination answered; its timer starts it soon after boot instead.
+/// The drain is crash-safe, so stopping it at any moment loses nothing.
+pub fn ship_service(ferry: &Path, env: &[(String, String)]) -> String {
+    let mut environment = String::new();
+    for (k, v) in env {
+        environment.push_str(&format!("Environment=\"{k}={}\"\n", v.replace('"', "\\\"")));
+    }
+    format!(
+        "# Written by `ferry install`; `ferry install --uninstall` removes it.\n\
+[Unit]\n\
+Description=ferry: ship the bundles waiting in the spool\n\
+Wants=network-online.target\n\
+After=network-online.target local-fs.target\n\
+\n\
+[Service]\n\
+Type=oneshot\n\
+ExecStart={ferry} ship\n\
+{environment}\
+Nice=10\n\
+IOSchedulingClass=best-effort\n\
+IOSchedulingPriority=7\n\
+TimeoutStartSec=2h\n",
+        ferry = ferry.display(),
+    )
+}
+
+/// After every boot (soon, once the network is up) and every
+/// `interval` after the last drain ended.
+pub fn ship_timer(interval: &str) -> String {
+    format!(
+        "# Written by `ferry install`; `ferry install --uninstall` removes it.\n\
+[Unit]\n\
+Description=ferry: ship waiting bundles after boot and every {interval}\n\
+\n\
+[Timer]\n\
+OnBootSec=30s\n\
+OnUnitInactiveSec={interval}\n\
+RandomizedDelaySec=30s\n\
+Unit={SHIP_UNIT}\n\
+\n\
+[Install]\n\
+WantedBy=timers.target\n"
+    )
+}
 
 /// Loads the saved firewall rules (CRIU's lock rules among them) before any
 /// network interface comes up, whatever brings the network up: ifupdown,
@@ -103,6 +154,25 @@ mod tests {
         assert!(text.contains("Before=network-pre.target\nWants=network-pre.target\n"));
         assert!(text.contains("ExecStart=/usr/sbin/iptables-restore -w -c /var/lib/ferry/runs/r1/firewall/iptables.rules\n"));
         assert!(text.contains("DefaultDependencies=no"));
+    }
+
+    #[test]
+    fn ship_units_drain_after_boot_and_periodically() {
+        let service = ship_service(
+            Path::new("/usr/local/bin/ferry"),
+            &[("FERRY_SPOOL_DIR".into(), "/srv/spool dir".into())],
+        );
+        assert!(service.contains("Type=oneshot\nExecStart=/usr/local/bin/ferry ship\n"));
+        assert!(service.contains("Environment=\"FERRY_SPOOL_DIR=/srv/spool dir\"\n"));
+        assert!(service.contains("After=network-online.target"));
+        assert!(
+            !service.contains("[Install]"),
+            "a oneshot at boot would hold the boot"
+        );
+        let timer = ship_timer("15min");
+        assert!(timer.contains("OnBootSec=30s\nOnUnitInactiveSec=15min\n"));
+        assert!(timer.contains("Unit=ferry-ship.service"));
+        assert!(timer.contains("WantedBy=timers.target"));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! docs/failure-catalog.md is generated from the catalog and must match it.
+//! docs/failure-catalog.md is generated from the catalog and must match it;
+//! docs/configuration.md names every configuration variable.
 
 use std::path::Path;
 
@@ -16,4 +17,16 @@ fn failure_catalog_doc_matches_the_catalog() {
         have == want,
         "docs/failure-catalog.md is out of date: run `FERRY_BLESS=1 cargo test -p ferry --test docs`"
     );
+}
+
+#[test]
+fn every_configuration_variable_is_documented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    for (key, var) in ferry::config::ENV_KEYS {
+        assert!(
+            doc.contains(&format!("| `{key}` | `{var}` |")),
+            "docs/configuration.md has no row for {key} ({var})"
+        );
+    }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 use crate::image::GuestImage;
 use crate::util::{free_port, output_with_timeout, shell_quote, tail_lines};
@@ -119,6 +119,8 @@ pub struct Guest {
     started: Instant,
     finished: AtomicBool,
     sessions: AtomicUsize,
+    /// qemu's argv, to power the same machine on again.
+    args: Vec<String>,
 }
 
 static BOOTS: AtomicUsize = AtomicUsize::new(0);
@@ -240,6 +242,7 @@ impl Guest {
                         started: Instant::now(),
                         finished: AtomicBool::new(false),
                         sessions: AtomicUsize::new(0),
+                        args,
                     });
                 }
                 Some(status) => {
@@ -497,6 +500,45 @@ impl Guest {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Cuts the power: qemu quits at once (HMP `quit`), the guest gets no
+    /// shutdown, and whatever its kernel had not written to the virtual
+    /// disk is lost. qemu itself flushes what it was given, so the overlay
+    /// is the disk as a power cut leaves it.
+    pub fn power_cut(&self) -> Result<()> {
+        // The monitor closes as qemu exits: the reply may never come.
+        let _ = self.hmp("quit");
+        if self.wait_exit(Duration::from_secs(30))?.is_none() {
+            bail!("qemu {} did not quit on the power cut", self.pid);
+        }
+        eprintln!("[guest {}] power cut", self.name);
+        Ok(())
+    }
+
+    /// Powers the same machine on again after it stopped (same overlay,
+    /// same ssh port); call [`Guest::wait_ssh`] next.
+    pub fn power_on(&mut self) -> Result<()> {
+        ensure!(!self.is_running(), "guest {} is still running", self.name);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.qemu_log_path)?;
+        let child = Command::new("qemu-system-x86_64")
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning qemu-system-x86_64 again")?;
+        self.pid = child.id();
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = child;
+        self.started = Instant::now();
+        eprintln!(
+            "[guest {}] powered on again, qemu pid {}",
+            self.name, self.pid
+        );
+        Ok(())
     }
 
     /// Asks the guest to power off; kills qemu if it is still up after `timeout`.

@@ -62,6 +62,7 @@ fn new_sim(otel: BTreeMap<String, String>, traceparent: Option<&str>) -> Sim {
     run.create().unwrap();
     let mut config = Config::default();
     config.ship.dir = dir.path().join("bundles");
+    config.spool.dir = dir.path().join("spool");
     let tp = traceparent.and_then(ids::TraceParent::parse);
     let state = RunState {
         format: STATE_FORMAT,
@@ -617,4 +618,86 @@ fn service_name_and_resource_attributes_of_the_job_are_on_every_span() {
     }
     let p = &rx.points()[0];
     assert_eq!(p.resource["service.name"], "ci-upgrades");
+}
+
+/// The end of a run whose destination is down: the bundle waits in the
+/// spool (entry with the run as origin), the outcome and the CI line say
+/// so, the `ship dir` span under the phase carries the error, the
+/// credentials stay for later; `ferry ship`'s drain then ships it with
+/// the run's own settings and deletes the credentials.
+#[test]
+fn a_bundle_whose_destination_is_down_waits_in_the_spool() {
+    use ferry_uploaders::spool::Wait;
+    let mut sim = new_sim(BTreeMap::new(), None);
+    sim.config.testing.backend_down = vec!["dir".into()];
+    sim.config.ship.retry_budget_secs = 0;
+    sim.state.plan = serde_json::to_value(&sim.config).unwrap();
+    ferry::secrets::Secrets::from_env(&|k| {
+        (k == "AWS_SECRET_ACCESS_KEY").then(|| "spool-test-secret-value".to_string())
+    })
+    .save(&sim.run)
+    .unwrap();
+    simulate(&mut sim, Scenario::Succeeds);
+
+    let outcome = sim.run.load_outcome().unwrap().unwrap();
+    assert_eq!(outcome.result, "succeeded", "a waiting bundle fails no run");
+    assert_eq!(outcome.bundle, None);
+    let ship = outcome.ship.clone().unwrap();
+    assert_eq!(ship.waiting.len(), 1, "{ship:?}");
+    assert!(!ship.waiting[0].parked);
+    let line = ferry::shipping::waiting_line(&ship).unwrap();
+    assert!(
+        line.contains("waits in the spool") && line.contains("failed on purpose"),
+        "{line}"
+    );
+    assert!(
+        ferry::secrets::Secrets::saved(&sim.run),
+        "credentials are needed later"
+    );
+
+    let spans = file_spans(&sim.run);
+    let phase = spans.iter().find(|s| s["name"] == "ship").unwrap();
+    assert_eq!(
+        phase["status"]["code"], 1,
+        "the bundle is safe: the phase succeeded"
+    );
+    let put = spans.iter().find(|s| s["name"] == "ship dir").unwrap();
+    assert_eq!(put["parentSpanId"], phase["spanId"]);
+    assert_eq!(put["status"]["code"], 2);
+    let attrs = put["attributes"].to_string();
+    assert!(
+        attrs.contains(names::ATTR_SPOOL_ENTRY) && attrs.contains("Unavailable"),
+        "{attrs}"
+    );
+    let metrics = std::fs::read_to_string(export::metrics_file(&sim.run)).unwrap();
+    assert!(
+        metrics.contains(names::METRIC_SPOOL_DEPTH.name),
+        "{metrics}"
+    );
+
+    let spool = ferry::shipping::open(&sim.config).unwrap();
+    let entries = spool.entries().unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        entries[0].meta.origin.run_dir.as_deref(),
+        Some(sim.run.root.as_path())
+    );
+
+    // The timer's `ferry ship`, in another process's settings: the run's
+    // plan decides where it goes, and the destination is up again.
+    let mut later = sim.config.clone();
+    later.testing.backend_down.clear();
+    let mut plan = sim.config.clone();
+    plan.testing.backend_down.clear();
+    let mut state = sim.run.load().unwrap();
+    state.plan = serde_json::to_value(&plan).unwrap();
+    sim.run.save(&state).unwrap();
+    later.ship.dir = "/nonexistent/not-the-run-setting".into();
+    later.state_dir = sim.run.root.parent().unwrap().join("state");
+    let summary = ferry::shipping::ship_all(&later, Wait::No, false, &mut |_| {}).unwrap();
+    assert!(summary.report.entries[0].removed, "{:?}", summary.report);
+    assert_eq!(summary.report.depth, 0);
+    assert!(sim.config.ship.dir.join(&ship.key).is_file());
+    assert_eq!(summary.forgotten, [sim.run.root.clone()]);
+    assert!(!ferry::secrets::Secrets::saved(&sim.run));
 }

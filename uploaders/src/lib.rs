@@ -7,17 +7,23 @@
 //!   artifacts.
 //! * [`retry`] and [`progress`] are what every remote transfer shares:
 //!   backoff with full jitter, and a bar or plain progress lines.
+//! * [`spool`] keeps bundles on disk until every destination has them.
+//! * [`failpoint`] is where the crash tests stop ferry.
 
 pub mod backends;
 pub mod bundle;
+pub mod failpoint;
 pub mod progress;
 pub mod retry;
+pub mod spool;
 
 pub use backends::{
-    Backend, BackendError, DirBackend, DropboxBackend, DropboxConfig, DropboxCredentials,
+    Backend, BackendError, DirBackend, DropboxBackend, DropboxConfig, DropboxCredentials, Faulty,
     GithubBackend, GithubConfig, Receipt, RemoteObject,
 };
 pub use bundle::{
     BundleError, BundleOptions, BundleReader, BundleWriter, Manifest, bundle_name, write_bundle,
+    write_bundle_into,
 };
 pub use retry::RetryPolicy;
+pub use spool::{Spool, SpoolError};

@@ -126,6 +126,24 @@ pub fn check(
             fail("backends", e.to_string());
         }
     }
+    // The bundle waits there if no destination takes it: it must be usable
+    // and outlive the reboot.
+    match crate::shipping::open(config) {
+        Ok(_) => {
+            if let Some(fs) = host::fs_type_of(&config.spool.dir)
+                && (fs == "tmpfs" || fs == "ramfs")
+            {
+                fail(
+                    "spool",
+                    format!(
+                        "the spool {} is on {fs}, which the reboot empties: set spool.dir (FERRY_SPOOL_DIR) to a directory on a disk",
+                        config.spool.dir.display()
+                    ),
+                );
+            }
+        }
+        Err(e) => fail("spool", e.to_string()),
+    }
     problems
 }
 
@@ -201,6 +219,7 @@ mod tests {
             state_dir: dir.join("state"),
             ..Config::default()
         };
+        c.spool.dir = dir.join("spool");
         c.criu.min_free_mib = 1;
         c
     }
@@ -241,6 +260,23 @@ mod tests {
                 .any(|p| p.check == "kexec" && p.message.contains("disabled"))
         );
         assert!(!problems.iter().any(|p| p.check == "criu"));
+    }
+
+    #[test]
+    fn an_unusable_spool_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config_in(dir.path());
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, b"x").unwrap();
+        config.spool.dir = blocker;
+        let problems = check(
+            &config,
+            &FakeCriu("Looks good."),
+            &dir.path().join("nope"),
+            &|_| None,
+        );
+        let p = problems.iter().find(|p| p.check == "spool").unwrap();
+        assert!(p.message.contains("not a directory"), "{}", p.message);
     }
 
     #[test]

@@ -106,7 +106,7 @@ pub fn run_metrics(
     state: &RunState,
     result: &str,
     error_type: Option<&str>,
-    shipped: Option<(&str, u64)>,
+    shipped: &[(String, u64)],
     now: u64,
 ) -> Value {
     let pipeline = pipeline_result(result);
@@ -174,12 +174,12 @@ pub fn run_metrics(
         metrics.push(histogram(&names::METRIC_PHASE_DURATION, points));
     }
 
-    if let Some((backend, bytes)) = shipped {
+    for (backend, bytes) in shipped {
         metrics.push(counter(
             &names::METRIC_SHIPPED_BYTES,
             start,
             now,
-            bytes as i64,
+            *bytes as i64,
             vec![
                 attr(names::ATTR_SHIP_BACKEND, backend),
                 attr(names::ATTR_PIPELINE_RESULT, pipeline),
@@ -187,12 +187,16 @@ pub fn run_metrics(
         ));
     }
 
+    document(&super::service_name(state), &state.host, metrics)
+}
+
+fn document(service: &str, host: &str, metrics: Vec<Value>) -> Value {
     json!({
         "resourceMetrics": [{
             "resource": { "attributes": [
-                attr(names::ATTR_SERVICE_NAME, &super::service_name(state)),
+                attr(names::ATTR_SERVICE_NAME, service),
                 attr(names::ATTR_SERVICE_VERSION, env!("CARGO_PKG_VERSION")),
-                attr(names::ATTR_HOST_NAME, &state.host),
+                attr(names::ATTR_HOST_NAME, host),
             ]},
             "scopeMetrics": [{
                 "scope": { "name": "ferry", "version": env!("CARGO_PKG_VERSION") },
@@ -202,8 +206,59 @@ pub fn run_metrics(
     })
 }
 
+/// What one look at the spool adds: its depth (a gauge), the evictions
+/// and quarantines of that moment, and the bytes `ferry ship` shipped
+/// (by then the run that made them has ended: no pipeline result).
+pub fn spool_metrics(
+    service: &str,
+    host: &str,
+    report: &crate::shipping::SpoolTally,
+    start: u64,
+    now: u64,
+) -> Value {
+    let mut metrics = vec![json!({
+        "name": names::METRIC_SPOOL_DEPTH.name,
+        "unit": names::METRIC_SPOOL_DEPTH.unit,
+        "description": names::METRIC_SPOOL_DEPTH.description,
+        "gauge": { "dataPoints": [{
+            "attributes": [],
+            "timeUnixNano": now.to_string(),
+            "asInt": report.depth.to_string(),
+        }]},
+    })];
+    for (reason, n) in &report.evicted {
+        metrics.push(counter(
+            &names::METRIC_SPOOL_EVICTED,
+            start,
+            now,
+            *n as i64,
+            vec![attr(names::ATTR_SPOOL_REASON, reason)],
+        ));
+    }
+    if report.quarantined > 0 {
+        metrics.push(counter(
+            &names::METRIC_SPOOL_QUARANTINED,
+            start,
+            now,
+            report.quarantined as i64,
+            vec![],
+        ));
+    }
+    for (backend, bytes) in &report.shipped {
+        metrics.push(counter(
+            &names::METRIC_SHIPPED_BYTES,
+            start,
+            now,
+            *bytes as i64,
+            vec![attr(names::ATTR_SHIP_BACKEND, backend)],
+        ));
+    }
+    document(service, host, metrics)
+}
+
 /// Append the run's metrics to its `metrics.jsonl` (opened and closed
-/// here, like the trace file).
+/// here, like the trace file). `run` may also be the directory `ferry ship`
+/// keeps its own metrics in.
 pub fn record(run: &RunDir, doc: &Value) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -221,6 +276,46 @@ mod tests {
         assert_eq!(pipeline_result("succeeded"), "success");
         assert_eq!(pipeline_result("failed"), "failure");
         assert_eq!(pipeline_result("called_off"), "failure");
+    }
+
+    #[test]
+    fn spool_metrics_use_listed_names_and_attributes() {
+        let mut tally = crate::shipping::SpoolTally {
+            depth: 3,
+            quarantined: 1,
+            ..Default::default()
+        };
+        tally.evicted.insert("oldest".into(), 2);
+        tally.shipped.insert("dir".into(), 42);
+        let doc = spool_metrics("ferry", "h", &tally, 1, 2);
+        let metrics = doc["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]
+            .as_array()
+            .unwrap();
+        let mut seen = Vec::new();
+        for m in metrics {
+            let name = m["name"].as_str().unwrap();
+            let listed = names::ALL_METRICS.iter().find(|l| l.name == name).unwrap();
+            let points = m["gauge"]["dataPoints"]
+                .as_array()
+                .or(m["sum"]["dataPoints"].as_array())
+                .unwrap();
+            for p in points {
+                for a in p["attributes"].as_array().unwrap() {
+                    let key = a["key"].as_str().unwrap();
+                    assert!(listed.attributes.contains(&key), "{name}: {key}");
+                }
+            }
+            seen.push((name, points[0]["asInt"].as_str().unwrap().to_string()));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("ferry.spool.depth", "3".to_string()),
+                ("ferry.spool.evicted", "2".to_string()),
+                ("ferry.spool.quarantined", "1".to_string()),
+                ("ferry.ship.bytes", "42".to_string()),
+            ]
+        );
     }
 
     #[test]

@@ -215,7 +215,7 @@ impl Telemetry {
         state: &RunState,
         result: &str,
         error_type: Option<&str>,
-        shipped: Option<(&str, u64)>,
+        shipped: &[(String, u64)],
     ) {
         let doc = metrics::run_metrics(state, result, error_type, shipped, ids::now_unix_nano());
         if let Err(e) = metrics::record(run, &doc) {
@@ -297,15 +297,6 @@ pub fn child_traceparent(sink: &SpanSink) -> Option<String> {
 /// (ferry adds no entry of its own).
 pub fn child_tracestate(sink: &SpanSink) -> Option<String> {
     sink.context()?.tracestate.filter(|t| !t.is_empty())
-}
-
-/// The size of a shipped bundle, from the run's local copy (every backend
-/// is given `<run>/bundle/<name>`; its location ends with the name).
-pub fn shipped_bundle_size(run: &RunDir, location: &str) -> Option<u64> {
-    let name = location.rsplit('/').next().filter(|n| !n.is_empty())?;
-    std::fs::metadata(run.root.join("bundle").join(name))
-        .ok()
-        .map(|m| m.len())
 }
 
 /// Ship what every run under `runs_dir` still holds (for `ferry ship` and

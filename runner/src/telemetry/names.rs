@@ -13,6 +13,9 @@
 pub const SPAN_RUN: &str = "ferry.run";
 /// One span per external command: `exec <program>`.
 pub const SPAN_EXEC_PREFIX: &str = "exec ";
+/// One span per upload of a spooled bundle: `ship <destination>` (a
+/// child of the `ship` phase, or of nothing under `ferry ship`).
+pub const SPAN_SHIP_PREFIX: &str = ferry_uploaders::spool::SPAN_SHIP_PREFIX;
 
 /// Phase span names, before the reboot then after it.
 pub const PHASES_BEFORE: &[&str] = &[
@@ -64,6 +67,10 @@ pub const ATTR_OUTPUT_TAIL: &str = "ferry.output.tail";
 pub const ATTR_LOG_FILE: &str = "ferry.log.file";
 /// Where a bundle went (`dir`, `s3`, `dropbox`, `github`).
 pub const ATTR_SHIP_BACKEND: &str = "ferry.ship.backend";
+/// The spool entry an upload span carries.
+pub const ATTR_SPOOL_ENTRY: &str = ferry_uploaders::spool::ATTR_ENTRY;
+/// Why the spool evicted an entry: `acknowledged`, `quarantined`, `oldest`.
+pub const ATTR_SPOOL_REASON: &str = "ferry.spool.reason";
 
 /// Event name for a CRIU `Error (…)` line.
 pub const EVENT_CRIU_ERROR: &str = "criu.error";
@@ -99,6 +106,8 @@ pub const ALL_ATTRIBUTES: &[&str] = &[
     ATTR_OUTPUT_TAIL,
     ATTR_LOG_FILE,
     ATTR_SHIP_BACKEND,
+    ATTR_SPOOL_ENTRY,
+    ATTR_SPOOL_REASON,
 ];
 
 /// Every span name ferry emits (exec spans: [`SPAN_EXEC_PREFIX`] + program).
@@ -166,13 +175,28 @@ pub const METRIC_SHIPPED_BYTES: Metric = Metric {
     description: "Size of the bundles ferry shipped.",
     attributes: &[ATTR_SHIP_BACKEND, ATTR_PIPELINE_RESULT],
 };
-/// Bundles waiting in the spool (the spool is not built yet: the name is
-/// reserved so the dashboards can show it once it is).
+/// Bundles waiting in the spool, after the ship phase or `ferry ship`.
 pub const METRIC_SPOOL_DEPTH: Metric = Metric {
     name: "ferry.spool.depth",
     unit: "{bundle}",
     instrument: Instrument::Gauge,
     description: "Bundles waiting in the spool.",
+    attributes: &[],
+};
+/// Entries the spool's size cap removed, by the rule that chose them.
+pub const METRIC_SPOOL_EVICTED: Metric = Metric {
+    name: "ferry.spool.evicted",
+    unit: "{bundle}",
+    instrument: Instrument::Counter,
+    description: "Bundles the spool's size cap evicted before they were shipped everywhere.",
+    attributes: &[ATTR_SPOOL_REASON],
+};
+/// Damaged entries moved to quarantine.
+pub const METRIC_SPOOL_QUARANTINED: Metric = Metric {
+    name: "ferry.spool.quarantined",
+    unit: "{bundle}",
+    instrument: Instrument::Counter,
+    description: "Damaged spool entries moved to quarantine.",
     attributes: &[],
 };
 
@@ -182,6 +206,8 @@ pub const ALL_METRICS: &[Metric] = &[
     METRIC_PHASE_DURATION,
     METRIC_SHIPPED_BYTES,
     METRIC_SPOOL_DEPTH,
+    METRIC_SPOOL_EVICTED,
+    METRIC_SPOOL_QUARANTINED,
 ];
 
 /// Histogram bucket bounds, in seconds: a phase takes from milliseconds
@@ -234,6 +260,10 @@ mod tests {
             "cicd_pipeline_run_errors_total"
         );
         assert_eq!(prometheus_name(&METRIC_SPOOL_DEPTH), "ferry_spool_depth");
+        assert_eq!(
+            prometheus_name(&METRIC_SPOOL_EVICTED),
+            "ferry_spool_evicted_total"
+        );
     }
 
     #[test]

@@ -15,7 +15,11 @@ pub struct Ferry {
 
 impl Ferry {
     pub fn new() -> Ferry {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        Ferry::at(Path::new(env!("CARGO_BIN_EXE_ferry")))
+    }
+    /// A copy of the binary somewhere else.
+    pub fn at(program: &Path) -> Ferry {
+        let mut cmd = Command::new(program);
         cmd.env_remove("FERRY_CONFIG").env("NO_COLOR", "1");
         Ferry { cmd }
     }
@@ -30,6 +34,16 @@ impl Ferry {
     pub fn env_remove(mut self, k: &str) -> Ferry {
         self.cmd.env_remove(k);
         self
+    }
+    /// Runs as this user (the caller must be root).
+    pub fn uid(mut self, uid: u32, gid: u32) -> Ferry {
+        use std::os::unix::process::CommandExt;
+        self.cmd.uid(uid).gid(gid);
+        self
+    }
+    /// The command, to spawn it.
+    pub fn command(self) -> Command {
+        self.cmd
     }
     pub fn run(mut self) -> Run {
         let out = self.cmd.output().expect("run the ferry binary");
@@ -80,6 +94,14 @@ impl Run {
         assert!(
             !self.stdout().contains(s) && !self.stderr().contains(s),
             "the output has {s:?}\n{}",
+            self.show()
+        );
+        self
+    }
+    pub fn stderr_lacks(self, s: &str) -> Run {
+        assert!(
+            !self.stderr().contains(s),
+            "stderr has {s:?}\n{}",
             self.show()
         );
         self

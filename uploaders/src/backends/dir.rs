@@ -154,7 +154,10 @@ impl DirBackend {
             .open(&tmp)
             .map_err(|e| self.io_err(format!("cannot create {}", tmp.display()), e))?;
         let result = (|| {
-            let (n, sha) = copy_hashed(src, &mut out, &mut |_| {}).map_err(|e| match e {
+            let (n, sha) = copy_hashed(src, &mut out, &mut |_| {
+                crate::failpoint::hit("dir.copy.chunk")
+            })
+            .map_err(|e| match e {
                 CopyError::Read(e) => self.io_err(format!("cannot read {}", src_path.display()), e),
                 CopyError::Write(e) => self.io_err(format!("cannot write {}", tmp.display()), e),
             })?;
@@ -238,6 +241,7 @@ impl Backend for DirBackend {
             .create(&parent)
             .map_err(|e| self.io_err(format!("cannot create {}", parent.display()), e))?;
         let (tmp, size, sha) = self.copy_to_tmp(&mut file, src, &dest, 0o600)?;
+        crate::failpoint::hit("dir.put.copied");
         match rename_noreplace(&tmp, &dest) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -253,6 +257,7 @@ impl Backend for DirBackend {
                 ));
             }
         }
+        crate::failpoint::hit("dir.put.renamed");
         self.fsync_dir(&parent)?;
         Ok(self.receipt(key, &dest, size, sha))
     }

@@ -4,6 +4,7 @@
 
 mod dir;
 pub mod dropbox;
+mod faulty;
 pub mod github;
 pub mod http;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use dir::DirBackend;
 pub use dropbox::{DropboxBackend, DropboxConfig, DropboxCredentials};
+pub use faulty::Faulty;
 pub use github::{GithubBackend, GithubConfig};
 
 /// A store bundles are put into and fetched from. Synchronous for now.

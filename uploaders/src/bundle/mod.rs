@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 pub use error::{BundleError, Result};
 pub use gz::DEFAULT_BLOCK;
 pub use manifest::{FileEntry, MANIFEST_FORMAT, MANIFEST_NAME, Manifest, SkippedEntry};
+pub(crate) use reader::hash_reader;
 pub use reader::{
     BundleReader, EntryInfo, EntryKind, ExtractLimits, ExtractSummary, Mismatch, VerifyReport,
 };
@@ -120,6 +121,11 @@ pub fn bundle_name(host: &str, run_id: &str, stage: &str, result: &str) -> Strin
     )
 }
 
+/// The current time as `2026-12-03T12:00:00Z`.
+pub(crate) fn rfc3339_now() -> String {
+    manifest::rfc3339(std::time::SystemTime::now())
+}
+
 /// `dest` with `.partial` appended to its file name.
 pub fn partial_path(dest: &Path) -> PathBuf {
     let mut name = dest
@@ -151,12 +157,11 @@ where
         .open(&partial)
         .map_err(|e| BundleError::io("create", &partial, e))?;
     let written = (|| {
-        let mut w = BundleWriter::new(file, options)?;
-        fill(&mut w)?;
-        let (file, manifest) = w.finish(run_meta).map_err(|e| match e {
-            BundleError::Output { source } => BundleError::io("write", &partial, source),
-            other => other,
-        })?;
+        let (file, manifest) =
+            write_bundle_into(file, options, run_meta, fill).map_err(|e| match e {
+                BundleError::Output { source } => BundleError::io("write", &partial, source),
+                other => other,
+            })?;
         file.sync_all()
             .map_err(|e| BundleError::io("fsync", &partial, e))?;
         Ok(manifest)
@@ -178,6 +183,24 @@ where
     };
     fsync_dir(parent)?;
     Ok(manifest)
+}
+
+/// Writes a bundle into `out` (a spool entry, a pipe…): `fill` adds the
+/// files, then the manifest ends it. Returns `out` and the manifest; on an
+/// error whatever was written is incomplete, and the caller discards it.
+pub fn write_bundle_into<W, F>(
+    out: W,
+    options: BundleOptions,
+    run_meta: serde_json::Value,
+    fill: F,
+) -> Result<(W, Manifest)>
+where
+    W: std::io::Write,
+    F: FnOnce(&mut BundleWriter<W>) -> Result<()>,
+{
+    let mut w = BundleWriter::new(out, options)?;
+    fill(&mut w)?;
+    w.finish(run_meta)
 }
 
 /// fsyncs a directory so a rename in it survives a crash.

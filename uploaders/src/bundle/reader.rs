@@ -506,7 +506,8 @@ fn corrupt(path: &Path, e: &io::Error) -> BundleError {
     }
 }
 
-fn hash_reader(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<(u64, String)> {
+/// Size and SHA-256 (lowercase hex) of everything `r` yields.
+pub(crate) fn hash_reader(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<(u64, String)> {
     let mut h = Sha256::new();
     let mut n = 0u64;
     loop {
