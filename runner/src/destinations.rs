@@ -6,12 +6,12 @@
 
 use std::path::PathBuf;
 
-use ferry_uploaders::{Backend, BackendError, DirBackend};
+use ferry_uploaders::{Backend, BackendError, DirBackend, S3Backend};
 
 use crate::config::Config;
 
 /// The names `ship.backends` may hold.
-pub const KNOWN: &[&str] = &["dir"];
+pub const KNOWN: &[&str] = &["dir", "s3"];
 
 /// Why a destination could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +37,9 @@ pub fn open(
     config: &Config,
     env: Env<'_>,
 ) -> Result<Box<dyn Backend>, DestinationError> {
-    let _ = env;
     match name {
         "dir" => Ok(Box::new(DirBackend::new(dir_root(config))?)),
+        "s3" => Ok(Box::new(S3Backend::from_env(&config.ship.s3, env)?)),
         other => Err(DestinationError::Unknown {
             name: other.to_string(),
             known: KNOWN.join(", "),
@@ -80,11 +80,28 @@ mod tests {
             ["dir"]
         );
         let e = open("ftp", &config, &|_| None).err().unwrap().to_string();
-        assert!(e.contains("\"ftp\"") && e.contains("known: dir"), "{e}");
+        assert!(e.contains("\"ftp\"") && e.contains("known: dir, s3"), "{e}");
         config.ship.backends.clear();
         assert!(matches!(
             open_all(&config, &|_| None),
             Err(DestinationError::None)
         ));
+    }
+
+    #[test]
+    fn s3_needs_a_bucket_and_credentials_named_in_the_error() {
+        let mut config = Config::default();
+        config.ship.backends = vec!["s3".into()];
+        let e = open_all(&config, &|_| None).err().unwrap().to_string();
+        assert!(e.contains("FERRY_SHIP_S3_BUCKET"), "{e}");
+        config.ship.s3.bucket = "bundles".into();
+        let e = open_all(&config, &|_| None).err().unwrap().to_string();
+        assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
+        let env = |k: &str| (k == "AWS_ACCESS_KEY_ID").then(|| "AK".to_string());
+        let e = open_all(&config, &env).err().unwrap().to_string();
+        assert!(e.contains("AWS_SECRET_ACCESS_KEY"), "{e}");
+        let env = |k: &str| k.starts_with("AWS_").then(|| "x".to_string());
+        let all = open_all(&config, &env).unwrap();
+        assert_eq!(all[0].name(), "s3");
     }
 }

@@ -3,7 +3,7 @@
 //! * [`bundle`] writes, reads, verifies and extracts the `tar.gz` bundles a
 //!   run's logs travel in, redacting secrets and capping sizes on the way.
 //! * [`backends`] is the seam to the stores bundles are shipped to
-//!   ([`backends::Backend`]), with the local-directory implementation.
+//!   ([`backends::Backend`]): a local directory, and S3-compatible stores.
 //! * [`retry`] and [`progress`] are what every remote transfer shares:
 //!   backoff with full jitter, and a bar or plain progress lines.
 
@@ -12,7 +12,7 @@ pub mod bundle;
 pub mod progress;
 pub mod retry;
 
-pub use backends::{Backend, BackendError, DirBackend, Receipt, RemoteObject};
+pub use backends::{Backend, BackendError, DirBackend, Receipt, RemoteObject, S3Backend, S3Config};
 pub use bundle::{
     BundleError, BundleOptions, BundleReader, BundleWriter, Manifest, bundle_name, write_bundle,
 };

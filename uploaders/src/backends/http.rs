@@ -10,6 +10,8 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
@@ -214,9 +216,17 @@ pub fn read_body(
     limit: u64,
 ) -> Result<Vec<u8>, BackendError> {
     let mut buf = Vec::new();
-    resp.take(limit)
-        .read_to_end(&mut buf)
-        .map_err(|e| BackendError::from_io(backend, format!("{what}: reading the answer"), e))?;
+    resp.take(limit).read_to_end(&mut buf).map_err(|e| {
+        // The answer was cut short or its connection broke: a transport
+        // failure like any other, whatever kind the I/O error has.
+        BackendError::new(
+            backend,
+            ErrorKind::Unavailable,
+            format!("{what}: reading the answer: {e}"),
+            "the connection failed mid-answer; retry later",
+        )
+        .with_source(e)
+    })?;
     Ok(buf)
 }
 
@@ -230,6 +240,20 @@ pub fn file_body(
     len: u64,
     progress: Option<Progress>,
 ) -> Result<Body, BackendError> {
+    file_body_counted(backend, path, offset, len, progress, Arc::default())
+}
+
+/// [`file_body`] that also adds the bytes read into `sent`, so a failed
+/// attempt can take exactly those back from the progress display before
+/// the retry.
+pub fn file_body_counted(
+    backend: &str,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    progress: Option<Progress>,
+    sent: Arc<AtomicU64>,
+) -> Result<Body, BackendError> {
     let mut f = File::open(path).map_err(|e| {
         BackendError::from_io(backend, format!("cannot open {}", path.display()), e)
     })?;
@@ -239,6 +263,7 @@ pub fn file_body(
     let reader = CountingReader {
         inner: f.take(len),
         progress,
+        sent,
     };
     Ok(Body::sized(reader, len))
 }
@@ -247,11 +272,13 @@ pub fn file_body(
 struct CountingReader<R> {
     inner: R,
     progress: Option<Progress>,
+    sent: Arc<AtomicU64>,
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(p) = &self.progress {
             p.advance(n as u64);
         }
@@ -323,6 +350,28 @@ mod tests {
         let s = e.to_string();
         assert!(s.contains("HTTP 429: too many x"), "{s}");
         assert!(s.len() < 700, "{}", s.len());
+    }
+
+    /// Regression: an answer cut short of its Content-Length was a
+    /// permanent error ("see the error above"), so it was never retried.
+    #[test]
+    fn a_truncated_answer_is_transient() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b")
+                .unwrap();
+        });
+        let c = client("t", Timeouts::default()).unwrap();
+        let resp = c.get(format!("http://127.0.0.1:{port}/x")).send().unwrap();
+        t.join().unwrap();
+        let e = read_body("t", "get x", resp, 1 << 20).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(e.to_string().contains("get x: reading the answer"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod dir;
 pub mod http;
+mod s3;
 
 use std::fmt;
 use std::io;
@@ -13,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 pub use dir::DirBackend;
+pub use s3::{PathStyle, S3Backend, S3Config};
 
 /// A store bundles are put into and fetched from. Synchronous for now.
 pub trait Backend: Send + Sync {
