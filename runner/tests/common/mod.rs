@@ -27,6 +27,10 @@ impl Ferry {
         self.cmd.env(k, v);
         self
     }
+    pub fn env_remove(mut self, k: &str) -> Ferry {
+        self.cmd.env_remove(k);
+        self
+    }
     pub fn run(mut self) -> Run {
         let out = self.cmd.output().expect("run the ferry binary");
         Run { out }
