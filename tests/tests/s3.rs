@@ -707,3 +707,75 @@ fn a_bundle_that_changes_during_the_upload_is_not_completed() {
     assert!(w.objects().is_empty());
     w.assert_no_open_uploads("");
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Everything the backend logs (every level, every thread, retries
+/// included) while it fails, retries and succeeds holds no secret, no
+/// signature and no presigned URL.
+#[test]
+fn logs_hold_no_secret() {
+    let Some(w) = world("logs_hold_no_secret") else {
+        return;
+    };
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || sink.clone())
+        .finish();
+    // Global, so the part workers' threads log here too.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+    let b = w.backend();
+    w.proxy.inject(
+        Rule::new(ProxyFault::Respond(s3_error(503, "SlowDown", None))).target_has("partNumber=1&"),
+    );
+    w.proxy.inject(
+        Rule::new(ProxyFault::LoseAnswer)
+            .method("PUT")
+            .target_has("small"),
+    );
+    let big = w.file("big", 11 * MIB, 20);
+    let small = w.file("small", 1000, 21);
+    b.put("big", &big).unwrap();
+    b.put("small", &small).unwrap();
+    b.get("big", &w.tmp.path().join("back")).unwrap();
+    let url = w
+        .backend_with(config(&w.server.url()))
+        .share("small")
+        .unwrap()
+        .unwrap();
+    let wrong = S3Backend::from_env(&config(&w.proxy.url()), &|k: &str| match k {
+        "AWS_ACCESS_KEY_ID" => Some(ACCESS_KEY.to_string()),
+        "AWS_SECRET_ACCESS_KEY" => Some("wrong-secret-0123456789".to_string()),
+        _ => None,
+    })
+    .unwrap();
+    let _ = wrong.put("k", &small).unwrap_err();
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        text.contains("retrying"),
+        "the retries were not logged:\n{text}"
+    );
+    for needle in [
+        SECRET_KEY,
+        "wrong-secret-0123456789",
+        "Signature=",
+        "X-Amz-Signature",
+        url.as_str(),
+    ] {
+        assert!(!text.contains(needle), "{needle:?} in the logs:\n{text}");
+    }
+}

@@ -79,6 +79,13 @@ pub fn check(config: &Config, runner: &dyn Runner, kexec_sysctl: &Path) -> Vec<P
         ),
     }
 
+    // Opening a destination checks its settings and that its credentials
+    // are in the environment (nothing is sent): a missing bucket or key
+    // must stop the trip here, not fail the ship after the reboot.
+    if let Err(e) = crate::destinations::open_all(config, &|k| std::env::var(k).ok()) {
+        fail("backends", e.to_string());
+    }
+
     let dir = &config.state_dir;
     match std::fs::create_dir_all(dir).and_then(|_| probe_write(dir)) {
         Ok(()) => match host::free_bytes(dir) {
@@ -235,6 +242,24 @@ mod tests {
         let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl);
         let p = problems.iter().find(|p| p.check == "state_dir").unwrap();
         assert!(p.message.contains("FERRY_STATE_DIR"), "{}", p.message);
+    }
+
+    #[test]
+    fn a_misconfigured_backend_is_reported_before_the_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let sysctl = dir.path().join("kexec_load_disabled");
+        std::fs::write(&sysctl, "0\n").unwrap();
+        let mut config = config_in(dir.path());
+        config.ship.dir = dir.path().join("bundles");
+        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl);
+        assert!(
+            !problems.iter().any(|p| p.check == "backends"),
+            "{problems:?}"
+        );
+        config.ship.backends = vec!["dir".into(), "s3".into()];
+        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl);
+        let p = problems.iter().find(|p| p.check == "backends").unwrap();
+        assert!(p.message.contains("FERRY_SHIP_S3_BUCKET"), "{}", p.message);
     }
 
     #[test]

@@ -527,6 +527,21 @@ mod tests {
         }
     }
 
+    /// The run's plan stores the config as JSON and reads it back after
+    /// the reboot.
+    #[test]
+    fn config_survives_the_plan_round_trip() {
+        for path_style in [PathStyle::Auto, PathStyle::Always, PathStyle::Never] {
+            let c = S3Config {
+                path_style,
+                prefix: "p".into(),
+                ..with_bucket()
+            };
+            let back: S3Config = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+            assert_eq!(back, c);
+        }
+    }
+
     fn toml_from<T: serde::de::DeserializeOwned>(s: &str) -> T {
         // The uploaders crate has no TOML parser; JSON exercises the same
         // visitor paths (bool and string).
