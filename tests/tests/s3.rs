@@ -779,3 +779,43 @@ fn logs_hold_no_secret() {
         assert!(!text.contains(needle), "{needle:?} in the logs:\n{text}");
     }
 }
+
+/// Regression: when the service refused a part early (here: the token
+/// expired) while its body was still going out, the client only saw a
+/// broken connection and resent the body until its attempts ran out,
+/// ending with a transport error instead of the reason. A bodyless
+/// look-up before a resend now surfaces the lasting error.
+#[test]
+fn an_early_refusal_hidden_by_a_broken_upload_is_named() {
+    let Some(w) = world("an_early_refusal_hidden_by_a_broken_upload_is_named") else {
+        return;
+    };
+    let b = w.backend();
+    w.proxy.inject(
+        Rule::new(ProxyFault::ResetRequestBody { after: MIB as u64 }).target_has("partNumber=2&"),
+    );
+    w.proxy.inject(
+        Rule::new(ProxyFault::Respond(Response::new(400)))
+            .method("HEAD")
+            .target_has("/bundles/big")
+            .skip(1),
+    );
+    w.proxy.inject(
+        Rule::new(ProxyFault::Respond(s3_error(400, "ExpiredToken", None)))
+            .method("GET")
+            .target_has("/bundles/big"),
+    );
+    let e = b.put("big", &w.file("big", 12 * MIB, 30)).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+    assert!(
+        e.to_string().contains("ExpiredToken") && e.fix().contains("AWS_SESSION_TOKEN"),
+        "{e}"
+    );
+    assert_eq!(
+        w.count("PUT", "partNumber=2&"),
+        1,
+        "the body was sent into the refusal again"
+    );
+    assert_eq!(w.count("DELETE", "uploadId="), 1);
+    w.assert_no_open_uploads("");
+}

@@ -324,8 +324,28 @@ impl S3Backend {
 
     /// HEAD of `full`: `None` when there is no such object.
     fn head(&self, full: &str) -> Result<Option<ObjectInfo>, BackendError> {
+        self.head_with(full, &self.retry)
+    }
+
+    /// Before a body is sent again: a broken connection may hide an answer
+    /// the service gave early (an expired token, a refused write) while
+    /// the body was still going out. One bodyless look-up brings such a
+    /// lasting error to light instead of resending the body into it;
+    /// transient trouble is left to the retry itself.
+    fn probe(&self, full: &str) -> Result<Option<ObjectInfo>, BackendError> {
+        match self.head_with(full, &RetryPolicy::once()) {
+            Err(e) if e.is_transient() => Ok(None),
+            r => r,
+        }
+    }
+
+    fn head_with(
+        &self,
+        full: &str,
+        retry: &RetryPolicy,
+    ) -> Result<Option<ObjectInfo>, BackendError> {
         let what = format!("look up {full}");
-        self.retry.run(&what, |_| {
+        retry.run(&what, |_| {
             let call = Call::new(Method::HEAD, Some(full)).header("x-amz-checksum-mode", "ENABLED");
             let resp = self.send(&what, call)?;
             let status = resp.status();
@@ -552,10 +572,8 @@ impl S3Backend {
         let checksum = B64.encode(src.sha256);
         self.retry.run(&what, |attempt| {
             // An earlier attempt may have landed with its answer lost: a
-            // look costs less than the body, and a conditional PUT of a
-            // taken key can be refused before the body is read, which the
-            // HTTP client then reports as a broken connection.
-            if attempt > 1 && self.head(full)?.is_some() {
+            // look costs less than the body (see `probe`).
+            if attempt > 1 && self.probe(full)?.is_some() {
                 return Ok(false);
             }
             with_progress(progress, |sent| {

@@ -109,6 +109,18 @@ fn fetch(
                 // The service ignored the range: take the whole again.
                 st.restart(progress).map_err(local)?;
             }
+            StatusCode::PARTIAL_CONTENT if range_start(&resp) != Some(st.got) => {
+                st.stale = true;
+                return Err(BackendError::new(
+                    NAME,
+                    ErrorKind::Unavailable,
+                    format!(
+                        "{what}: the service sent another range than bytes={}-",
+                        st.got
+                    ),
+                    "downloading again from the start",
+                ));
+            }
             StatusCode::OK | StatusCode::PARTIAL_CONTENT => {}
             StatusCode::PRECONDITION_FAILED => {
                 st.stale = true;
@@ -170,6 +182,13 @@ fn fetch(
         }
         verify(st, full, progress)
     })
+}
+
+/// The first byte of a 206 answer's `Content-Range: bytes A-B/T`.
+fn range_start(resp: &reqwest::blocking::Response) -> Option<u64> {
+    let v = resp.headers().get("content-range")?.to_str().ok()?;
+    let range = v.trim().strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
 }
 
 /// Compares what arrived with the SHA-256 the object was stored with.

@@ -175,7 +175,10 @@ fn upload_part(
     let digest = hash_range(path, offset, len)?;
     let checksum = B64.encode(digest);
     let number = n.to_string();
-    b.retry.run(&what, |_| {
+    b.retry.run(&what, |attempt| {
+        if attempt > 1 {
+            b.probe(full)?;
+        }
         with_progress(progress, |sent| {
             let mut call = Call::new(Method::PUT, Some(full))
                 .query("partNumber", &number)
