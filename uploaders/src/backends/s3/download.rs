@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use reqwest::{Method, StatusCode};
 use sha2::{Digest, Sha256};
 
-use super::{BUF, Call, NAME, ObjectInfo, S3Backend};
+use super::lookup::ObjectInfo;
+use super::request::Call;
+use super::{BUF, NAME, S3Backend};
 use crate::backends::http;
 use crate::backends::{BackendError, ErrorKind};
 use crate::progress::Progress;

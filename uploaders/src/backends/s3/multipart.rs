@@ -14,10 +14,10 @@ use std::time::Duration;
 use base64::Engine;
 use reqwest::{Method, StatusCode};
 
+use super::put::{Source, hash_range, recheck};
+use super::request::{Call, Payload, with_progress};
 use super::xml::{self, CompletedPart};
-use super::{
-    B64, Call, NAME, Payload, S3Backend, Source, errors, hash_range, recheck, with_progress,
-};
+use super::{B64, NAME, S3Backend, errors};
 use crate::backends::http;
 use crate::backends::{BackendError, ErrorKind};
 use crate::progress::Progress;
