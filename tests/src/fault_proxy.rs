@@ -12,6 +12,11 @@
 //!
 //! Every request is recorded ([`Seen`], shared with `http_fake`), so tests
 //! can assert what the client sent and how often.
+//!
+//! One upstream connection per client connection, HTTP/1.1 only, bodies
+//! framed by `Content-Length`, chunked encoding or (answers) the close of
+//! the connection. `Expect: 100-continue` is not supported: no client of
+//! ferry's sends it (reqwest does not).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
