@@ -555,7 +555,7 @@ fn uploads_survive_every_fault() {
         return;
     };
     let b = w.backend();
-    let hang = Duration::from_secs(4); // past the 2 s timeout
+    let hang = Duration::from_secs(8); // well past the 2 s timeout
     let cases: Vec<(&str, bool, Rule)> = vec![
         // (name, multipart?, rule)
         ("429 on PUT", false, Rule::new(ProxyFault::Respond(s3_error(429, "SlowDown", Some(1)))).method("PUT")),
@@ -687,17 +687,19 @@ fn a_bundle_that_changes_during_the_upload_is_not_completed() {
             .target_has("partNumber=3&"),
     );
     let src = w.file("big", 12 * MIB, 13);
-    let touch = {
-        let src = src.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
+    let e = std::thread::scope(|s| {
+        s.spawn(|| {
+            // Once part 3 was throttled (the file was read and hashed by
+            // then), move the file's mtime.
+            while w.count("PUT", "partNumber=3&") == 0 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let f = std::fs::OpenOptions::new().write(true).open(&src).unwrap();
             f.set_modified(std::time::SystemTime::now() + Duration::from_secs(5))
                 .unwrap();
-        })
-    };
-    let e = b.put("big", &src).unwrap_err();
-    touch.join().unwrap();
+        });
+        b.put("big", &src).unwrap_err()
+    });
     assert!(
         e.to_string()
             .contains("changed while it was being uploaded"),
