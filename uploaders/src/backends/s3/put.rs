@@ -86,7 +86,7 @@ impl S3Backend {
         })
     }
 
-    /// Fails when `src` is not what [`read_source`] saw: a bundle must not
+    /// Fails when `src` is not what [`Self::read_source`] saw: a bundle must not
     /// change while it is uploaded.
     pub(super) fn unchanged(&self, src: &Path, seen: &Source) -> Result<(), BackendError> {
         let meta = fs::metadata(src).map_err(|e| {
