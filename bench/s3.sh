@@ -26,18 +26,9 @@ SIZE_MIB=${1:-512}
 RUNS=${2:-3}
 cd "$(dirname "$0")/.."
 
-need() {
-    if ! command -v "$1" >/dev/null 2>&1 && ! [ -x "$1" ]; then
-        if [ "$(id -u)" != 0 ]; then
-            echo "bench/s3.sh: $1 is missing; install the $2 package" >&2
-            exit 1
-        fi
-        echo "installing $2 (for $1)" >&2
-        apt-get install -y -qq "$2" >/dev/null 2>&1 || {
-            apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
-        }
-    fi
-}
+BENCH_NAME=bench/s3.sh
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 need rclone rclone
 need /usr/bin/time time
 
@@ -128,10 +119,6 @@ for r in $(seq 1 "$RUNS"); do
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-wall() { awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,p,":"); s=0; for(i=1;i<=n;i++) s=s*60+p[i]; print s}' "$1"; }
-cpu() { awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {print u+s}' "$1"; }
-rss() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
 
 declare -A WALL
 echo

@@ -62,7 +62,7 @@ impl Default for S3Config {
             bucket: String::new(),
             prefix: String::new(),
             path_style: PathStyle::Auto,
-            multipart_threshold_mib: 64,
+            multipart_threshold_mib: 128,
             part_size_mib: 16,
             concurrency: 4,
             timeout_secs: 60,
