@@ -22,18 +22,9 @@ SIZE_MIB=${1:-256}
 RUNS=${2:-5}
 cd "$(dirname "$0")/.."
 
-need() {
-    if ! command -v "$1" >/dev/null 2>&1 && ! [ -x "$1" ]; then
-        echo "installing $2 (for $1)" >&2
-        if [ "$(id -u)" != 0 ]; then
-            echo "bench/bundle.sh: $1 is missing; install the $2 package" >&2
-            exit 1
-        fi
-        apt-get install -y -qq "$2" >/dev/null 2>&1 || {
-            apt-get update -qq >/dev/null && apt-get install -y -qq "$2" >/dev/null
-        }
-    fi
-}
+BENCH_NAME=bench/bundle.sh
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 need pigz pigz
 need /usr/bin/time time
 need gzip gzip
@@ -80,12 +71,6 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 gzip -t "$WORK/ferry.tar.gz"
 tar -tzf "$WORK/ferry.tar.gz" >/dev/null
 
-median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
-wall() { # "h:mm:ss" or "m:ss.cc" -> seconds
-    awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,p,":"); s=0; for(i=1;i<=n;i++) s=s*60+p[i]; print s}' "$1"
-}
-cpu() { awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {print u+s}' "$1"; }
-rss() { awk -F': ' '/Maximum resident set size/ {print $2}' "$1"; }
 
 REF=$(stat -c %s "$WORK/tar-czf.tar.gz")
 GZ6=$(gzip -6 -c "$WORK/$LOG" | wc -c)

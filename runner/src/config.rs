@@ -104,6 +104,8 @@ pub struct ShipConfig {
     pub github: GithubConfig,
     /// The `dropbox` backend (credentials come from the environment only).
     pub dropbox: DropboxConfig,
+    /// The `s3` backend (see docs/backends/s3.md).
+    pub s3: ferry_uploaders::S3Config,
     /// How long the end of a run may spend retrying one destination before
     /// the bundle is left in the spool for `ferry ship` (the waiting CI job
     /// is held up that long at most).
@@ -191,6 +193,7 @@ impl Default for ShipConfig {
             github: GithubConfig::default(),
             dropbox: DropboxConfig::default(),
             retry_budget_secs: 60,
+            s3: ferry_uploaders::S3Config::default(),
         }
     }
 }
@@ -245,6 +248,23 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("spool.max_entries", "FERRY_SPOOL_MAX_ENTRIES"),
     ("spool.concurrency", "FERRY_SPOOL_CONCURRENCY"),
     ("spool.retry_budget_secs", "FERRY_SPOOL_RETRY_BUDGET_SECS"),
+    ("ship.s3.endpoint", "FERRY_SHIP_S3_ENDPOINT"),
+    ("ship.s3.region", "FERRY_SHIP_S3_REGION"),
+    ("ship.s3.bucket", "FERRY_SHIP_S3_BUCKET"),
+    ("ship.s3.prefix", "FERRY_SHIP_S3_PREFIX"),
+    ("ship.s3.path_style", "FERRY_SHIP_S3_PATH_STYLE"),
+    (
+        "ship.s3.multipart_threshold_mib",
+        "FERRY_SHIP_S3_MULTIPART_THRESHOLD_MIB",
+    ),
+    ("ship.s3.part_size_mib", "FERRY_SHIP_S3_PART_SIZE_MIB"),
+    ("ship.s3.concurrency", "FERRY_SHIP_S3_CONCURRENCY"),
+    ("ship.s3.timeout_secs", "FERRY_SHIP_S3_TIMEOUT_SECS"),
+    (
+        "ship.s3.share_expiry_secs",
+        "FERRY_SHIP_S3_SHARE_EXPIRY_SECS",
+    ),
+    ("ship.s3.list_page_keys", "FERRY_SHIP_S3_LIST_PAGE_KEYS"),
     ("testing.skip_externals", "FERRY_TESTING_SKIP_EXTERNALS"),
     ("testing.fail_after_dump", "FERRY_TESTING_FAIL_AFTER_DUMP"),
     ("testing.backend_down", "FERRY_TESTING_BACKEND_DOWN"),
@@ -588,6 +608,46 @@ mod tests {
         for v in SECRET_ENV_VARS {
             assert!(SECRET_VARS.contains(v), "{v} must be masked");
         }
+    }
+
+    #[test]
+    fn s3_keys_from_file_and_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            "[ship]\nbackends = [\"s3\"]\n[ship.s3]\nbucket = \"b\"\npath_style = false\npart_size_mib = 8\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&path),
+            &env_of(&[
+                ("FERRY_SHIP_S3_ENDPOINT", "http://127.0.0.1:9000"),
+                ("FERRY_SHIP_S3_PATH_STYLE", "true"),
+                ("FERRY_SHIP_S3_CONCURRENCY", "2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.ship.s3.bucket, "b");
+        assert_eq!(cfg.ship.s3.endpoint, "http://127.0.0.1:9000");
+        assert_eq!(
+            cfg.ship.s3.path_style,
+            ferry_uploaders::backends::PathStyle::Always
+        );
+        assert_eq!(cfg.ship.s3.part_size_mib, 8);
+        assert_eq!(cfg.ship.s3.concurrency, 2);
+        let bad = Config::load(None, &env_of(&[("FERRY_SHIP_S3_PATH_STYLE", "sometimes")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bad.contains("path_style") || bad.contains("sometimes"),
+            "{bad}"
+        );
+        std::fs::write(&path, "[ship.s3]\nbuckett = \"b\"\n").unwrap();
+        let msg = Config::load(Some(&path), &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("buckett"), "{msg}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use ferry_uploaders::backends::ErrorKind;
 use ferry_uploaders::spool::EntryMeta;
 use ferry_uploaders::{
     Backend, BackendError, DirBackend, DropboxBackend, DropboxCredentials, Faulty, GithubBackend,
+    S3Backend,
 };
 
 use crate::config::Config;
@@ -19,7 +20,7 @@ use crate::secrets::Secrets;
 use crate::state::RunDir;
 
 /// The names `ship.backends` may hold.
-pub const KNOWN: &[&str] = &["dir", "dropbox", "github"];
+pub const KNOWN: &[&str] = &["dir", "dropbox", "github", "s3"];
 
 /// Why a destination could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,7 @@ pub fn open(
             DropboxCredentials::from_env(env)?,
         )?),
         "github" => Box::new(GithubBackend::from_env(&config.ship.github, env)?),
+        "s3" => Box::new(S3Backend::from_env(&config.ship.s3, env)?),
         other => return Err(unknown(other)),
     };
     if config.testing.backend_down.iter().any(|d| d == name) {
@@ -78,6 +80,10 @@ pub fn check_upload(name: &str, config: &Config, env: Env<'_>) -> Result<(), Des
             Ok(())
         }
         "github" => Ok(GithubBackend::from_env(&config.ship.github, env)?.check_upload()?),
+        "s3" => {
+            S3Backend::from_env(&config.ship.s3, env)?;
+            Ok(())
+        }
         other => Err(unknown(other)),
     }
 }
@@ -224,7 +230,7 @@ mod tests {
         );
         let e = open("ftp", &config, &|_| None).err().unwrap().to_string();
         assert!(
-            e.contains("\"ftp\"") && e.contains("known: dir, dropbox, github"),
+            e.contains("\"ftp\"") && e.contains("known: dir, dropbox, github, s3"),
             "{e}"
         );
         config.ship.backends.clear();
@@ -282,5 +288,22 @@ mod tests {
         let e = b.put("x", &src).unwrap_err();
         assert!(e.is_transient(), "{e}");
         assert!(!tmp.path().join("bundles/x").exists());
+    }
+
+    #[test]
+    fn s3_needs_a_bucket_and_credentials_named_in_the_error() {
+        let mut config = Config::default();
+        config.ship.backends = vec!["s3".into()];
+        let e = open_all(&config, &|_| None).err().unwrap().to_string();
+        assert!(e.contains("FERRY_SHIP_S3_BUCKET"), "{e}");
+        config.ship.s3.bucket = "bundles".into();
+        let e = open_all(&config, &|_| None).err().unwrap().to_string();
+        assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
+        let env = |k: &str| (k == "AWS_ACCESS_KEY_ID").then(|| "AK".to_string());
+        let e = open_all(&config, &env).err().unwrap().to_string();
+        assert!(e.contains("AWS_SECRET_ACCESS_KEY"), "{e}");
+        let env = |k: &str| k.starts_with("AWS_").then(|| "x".to_string());
+        let all = open_all(&config, &env).unwrap();
+        assert_eq!(all[0].name(), "s3");
     }
 }

@@ -641,3 +641,84 @@ fn manifest_hash_mismatch_is_refused() {
         .code(2)
         .stderr_has("does not match its manifest");
 }
+
+/// `ferry pull --backend s3` against a real S3 server (s3s-fs), configured
+/// only through the environment: lists the bundles under the prefix,
+/// downloads, verifies and extracts them; wrong credentials fail with the
+/// variable to fix and without the secret.
+#[test]
+fn pull_from_s3_lists_and_extracts() {
+    use ferry_tests::s3s::{ACCESS_KEY, S3sFs, SECRET_KEY};
+    use ferry_uploaders::{Backend, S3Backend, S3Config};
+    let Some(server) =
+        S3sFs::start_or_skip("pull_from_s3_lists_and_extracts", &["bundles"]).unwrap()
+    else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_dir(tmp.path(), "criu/pid-in-use.log");
+    let name = "ci-a-20261203T120000Z-abc123-restore-failed.tar.gz";
+    let bundle = bundle_of(&run, &tmp.path().join(name));
+    let cfg = S3Config {
+        endpoint: server.url(),
+        bucket: "bundles".into(),
+        prefix: "ci".into(),
+        ..S3Config::default()
+    };
+    let backend = S3Backend::from_env(&cfg, &server.env()).unwrap();
+    backend.put(name, &bundle).unwrap();
+    backend.put("notes.txt", &run.join("state.json")).unwrap();
+    let ferry = || {
+        Ferry::new()
+            .env("FERRY_SHIP_BACKENDS", "s3")
+            .env("FERRY_SHIP_S3_ENDPOINT", server.url())
+            .env("FERRY_SHIP_S3_BUCKET", "bundles")
+            .env("FERRY_SHIP_S3_PREFIX", "ci")
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .arg("pull")
+            .arg("--backend")
+            .arg("s3")
+    };
+    let r = ferry()
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .arg("--json")
+        .run()
+        .code(0);
+    let j = r.json();
+    assert_eq!(j.as_array().unwrap().len(), 1, "{j}");
+    assert_eq!(j[0]["key"], name);
+    assert_eq!(j[0]["host"], "ci-a");
+    let out = tmp.path().join("out");
+    ferry()
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .arg("--extract")
+        .arg(&out)
+        .run()
+        .code(0)
+        .stdout_has(&format!("{name}: "))
+        .stdout_has("files verified");
+    let extracted = out.join(name.trim_end_matches(".tar.gz"));
+    assert_eq!(
+        std::fs::read(extracted.join("logs/restore.log")).unwrap(),
+        std::fs::read(run.join("logs/restore.log")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(out.join(name)).unwrap(),
+        std::fs::read(&bundle).unwrap()
+    );
+    let r = ferry()
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret-0123456789")
+        .run()
+        .code(2)
+        .stderr_has("SignatureDoesNotMatch")
+        .stderr_has("AWS_SECRET_ACCESS_KEY");
+    assert!(!r.stderr().contains("not-the-secret-0123456789"));
+    ferry()
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .run()
+        .code(2)
+        .stderr_has("AWS_SECRET_ACCESS_KEY is not set");
+}

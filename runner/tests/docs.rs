@@ -30,3 +30,21 @@ fn every_configuration_variable_is_documented() {
         );
     }
 }
+
+/// Every `ship.s3` key and its variable is documented in docs/backends/s3.md.
+#[test]
+fn s3_keys_are_documented() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/backends/s3.md");
+    let doc = std::fs::read_to_string(&path).expect("read docs/backends/s3.md");
+    let keys: Vec<_> = ferry::config::ENV_KEYS
+        .iter()
+        .filter(|(k, _)| k.starts_with("ship.s3."))
+        .collect();
+    assert!(keys.len() >= 10, "{keys:?}");
+    for (key, var) in keys {
+        assert!(
+            doc.contains(&format!("`{key}`")) && doc.contains(&format!("`{var}`")),
+            "docs/backends/s3.md lacks {key} / {var}"
+        );
+    }
+}

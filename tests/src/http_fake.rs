@@ -177,57 +177,89 @@ struct Shared {
     handler: Box<Handler>,
     faults: Mutex<VecDeque<Armed>>,
     seen: Mutex<Vec<Seen>>,
-    stop: AtomicBool,
 }
 
-/// A running server; stopped when dropped.
-pub struct HttpFake {
+/// A listener on a free port of 127.0.0.1 that hands every connection to
+/// its own thread; stops accepting when dropped. The fakes and the fault
+/// proxy are built on it.
+pub(crate) struct Loopback {
     port: u16,
-    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl HttpFake {
-    /// Starts serving `handler` on a free port of 127.0.0.1.
-    pub fn start(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> Result<Self> {
+impl Loopback {
+    /// Serves every connection with `serve`, which gets the stop flag.
+    pub(crate) fn start(
+        serve: impl Fn(TcpStream, &AtomicBool) + Send + Sync + 'static,
+    ) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         listener.set_nonblocking(true)?;
-        let shared = Arc::new(Shared {
-            handler: Box::new(handler),
-            faults: Mutex::new(VecDeque::new()),
-            seen: Mutex::new(Vec::new()),
-            stop: AtomicBool::new(false),
-        });
-        let s = shared.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let serve = Arc::new(serve);
+        let flag = stop.clone();
         let thread = std::thread::spawn(move || {
-            while !s.stop.load(Ordering::SeqCst) {
+            while !flag.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let s = s.clone();
-                        std::thread::spawn(move || serve(stream, &s));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
+                        // Accepted sockets inherit non-blocking mode on
+                        // some systems; the servers want blocking reads.
+                        let _ = stream.set_nonblocking(false);
+                        let (serve, flag) = (serve.clone(), flag.clone());
+                        std::thread::spawn(move || serve(stream, &flag));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
         });
-        Ok(HttpFake {
+        Ok(Loopback {
             port,
-            shared,
+            stop,
             thread: Some(thread),
         })
     }
 
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A running server; stopped when dropped.
+pub struct HttpFake {
+    shared: Arc<Shared>,
+    listener: Loopback,
+}
+
+impl HttpFake {
+    /// Starts serving `handler` on a free port of 127.0.0.1.
+    pub fn start(handler: impl Fn(&Request) -> Response + Send + Sync + 'static) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            handler: Box::new(handler),
+            faults: Mutex::new(VecDeque::new()),
+            seen: Mutex::new(Vec::new()),
+        });
+        let s = shared.clone();
+        let listener = Loopback::start(move |stream, stop| serve(stream, &s, stop))?;
+        Ok(HttpFake { shared, listener })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.port()
     }
 
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.port())
     }
 
     /// Arms `fault` for the next request `matches` accepts (once).
@@ -255,16 +287,7 @@ impl HttpFake {
     }
 }
 
-impl Drop for HttpFake {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve(stream: TcpStream, shared: &Shared) {
+fn serve(stream: TcpStream, shared: &Shared, stop: &AtomicBool) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(write_half) = stream.try_clone() else {
         return;
@@ -272,7 +295,7 @@ fn serve(stream: TcpStream, shared: &Shared) {
     let mut out = write_half;
     let mut reader = BufReader::new(stream);
     loop {
-        if shared.stop.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) {
             return;
         }
         let head = match read_head(&mut reader) {
@@ -359,13 +382,13 @@ fn serve(stream: TcpStream, shared: &Shared) {
     }
 }
 
-struct Head {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
+pub(crate) struct Head {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) headers: Vec<(String, String)>,
 }
 
-fn read_head(r: &mut impl BufRead) -> std::result::Result<Option<Head>, String> {
+pub(crate) fn read_head(r: &mut impl BufRead) -> std::result::Result<Option<Head>, String> {
     let mut line = String::new();
     match r.read_line(&mut line) {
         Ok(0) => return Ok(None),
@@ -407,7 +430,7 @@ fn read_head(r: &mut impl BufRead) -> std::result::Result<Option<Head>, String> 
     }))
 }
 
-fn header<'a>(h: &'a Head, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(h: &'a Head, name: &str) -> Option<&'a str> {
     h.headers
         .iter()
         .find(|(k, _)| k == name)
@@ -514,7 +537,7 @@ fn fault_name(f: &Fault) -> String {
 }
 
 /// Closes with RST (SO_LINGER 0), as a crashed server or a middlebox would.
-fn reset(s: &TcpStream) {
+pub(crate) fn reset(s: &TcpStream) {
     use std::os::fd::AsRawFd;
     let linger = libc::linger {
         l_onoff: 1,
@@ -563,7 +586,7 @@ fn write_head(out: &mut impl Write, r: &Response, len: usize) -> std::io::Result
     out.write_all(head.as_bytes())
 }
 
-fn write_response(
+pub(crate) fn write_response(
     out: &mut impl Write,
     r: &Response,
     pause: Option<Duration>,

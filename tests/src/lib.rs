@@ -8,15 +8,19 @@
 //!   stamped by the host clock, so its largest gap is the trip's downtime.
 //!
 //! * [`http_fake`] is the HTTP/1.1 server under the protocol fakes, with
-//!   socket-level faults; [`fakes`] holds the fakes (Dropbox, GitHub artifacts).
+//!   socket-level faults; [`fakes`] holds the fakes (Dropbox, GitHub artifacts);
+//!   [`fault_proxy`] puts the same kinds of faults in front of any real
+//!   server (s3s-fs) or fake; [`s3s`] starts s3s-fs.
 //!
 //! Guest tests are gated by `FERRY_GUEST_TESTS=1` (see [`guest_tests_enabled`]).
 
 pub mod fakes;
+pub mod fault_proxy;
 mod guest;
 pub mod http_fake;
 mod image;
 pub mod otlp_receiver;
+pub mod s3s;
 mod session;
 pub mod trip;
 pub mod util;

@@ -3,8 +3,8 @@
 //! * [`bundle`] writes, reads, verifies and extracts the `tar.gz` bundles a
 //!   run's logs travel in, redacting secrets and capping sizes on the way.
 //! * [`backends`] is the seam to the stores bundles are shipped to
-//!   ([`backends::Backend`]): a local directory, Dropbox, GitHub Actions
-//!   artifacts.
+//!   ([`backends::Backend`]): a local directory, S3-compatible stores,
+//!   Dropbox, GitHub Actions artifacts.
 //! * [`retry`] and [`progress`] are what every remote transfer shares:
 //!   backoff with full jitter, and a bar or plain progress lines.
 //! * [`spool`] keeps bundles on disk until every destination has them.
@@ -19,7 +19,7 @@ pub mod spool;
 
 pub use backends::{
     Backend, BackendError, DirBackend, DropboxBackend, DropboxConfig, DropboxCredentials, Faulty,
-    GithubBackend, GithubConfig, Receipt, RemoteObject,
+    GithubBackend, GithubConfig, Receipt, RemoteObject, S3Backend, S3Config,
 };
 pub use bundle::{
     BundleError, BundleOptions, BundleReader, BundleWriter, Manifest, bundle_name, write_bundle,

@@ -317,6 +317,24 @@ mod tests {
     }
 
     #[test]
+    fn a_misconfigured_s3_backend_is_reported_before_the_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let sysctl = dir.path().join("kexec_load_disabled");
+        std::fs::write(&sysctl, "0\n").unwrap();
+        let mut config = config_in(dir.path());
+        config.ship.dir = dir.path().join("bundles");
+        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl, &|_| None);
+        assert!(
+            !problems.iter().any(|p| p.check == "backends"),
+            "{problems:?}"
+        );
+        config.ship.backends = vec!["dir".into(), "s3".into()];
+        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl, &|_| None);
+        let p = problems.iter().find(|p| p.check == "backends").unwrap();
+        assert!(p.message.contains("FERRY_SHIP_S3_BUCKET"), "{}", p.message);
+    }
+
+    #[test]
     fn problems_join_into_one_error() {
         let err = into_result(vec![
             Problem {

@@ -256,6 +256,13 @@ impl Sent {
     }
 }
 
+/// A counter the caller already shares with its retry bookkeeping.
+impl From<Arc<AtomicU64>> for Sent {
+    fn from(counter: Arc<AtomicU64>) -> Self {
+        Sent(counter)
+    }
+}
+
 /// [`file_body`], and a counter of the bytes it has read.
 pub fn file_body_counted(
     backend: &str,
@@ -264,19 +271,31 @@ pub fn file_body_counted(
     len: u64,
     progress: Option<Progress>,
 ) -> Result<(Body, Sent), BackendError> {
+    let sent = Sent::default();
+    file_body_into(backend, path, offset, len, progress, sent.clone()).map(|b| (b, sent))
+}
+
+/// [`file_body`] that adds the bytes it reads into `sent`.
+pub fn file_body_into(
+    backend: &str,
+    path: &Path,
+    offset: u64,
+    len: u64,
+    progress: Option<Progress>,
+    sent: Sent,
+) -> Result<Body, BackendError> {
     let mut f = File::open(path).map_err(|e| {
         BackendError::from_io(backend, format!("cannot open {}", path.display()), e)
     })?;
     f.seek(SeekFrom::Start(offset)).map_err(|e| {
         BackendError::from_io(backend, format!("cannot seek in {}", path.display()), e)
     })?;
-    let sent = Sent::default();
     let reader = CountingReader {
         inner: f.take(len),
         progress,
-        sent: sent.clone(),
+        sent,
     };
-    Ok((Body::sized(reader, len), sent))
+    Ok(Body::sized(reader, len))
 }
 
 /// Counts the bytes a request body has read into a progress display.

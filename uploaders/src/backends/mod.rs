@@ -7,6 +7,7 @@ pub mod dropbox;
 mod faulty;
 pub mod github;
 pub mod http;
+mod s3;
 
 use std::fmt;
 use std::io;
@@ -19,6 +20,7 @@ pub use dir::DirBackend;
 pub use dropbox::{DropboxBackend, DropboxConfig, DropboxCredentials};
 pub use faulty::Faulty;
 pub use github::{GithubBackend, GithubConfig};
+pub use s3::{PathStyle, S3Backend, S3Config};
 
 /// A store bundles are put into and fetched from. Synchronous for now.
 pub trait Backend: Send + Sync {
