@@ -63,6 +63,8 @@ pub struct RxSpan {
     /// 0 unset, 1 ok, 2 error.
     pub status_code: i32,
     pub events: Vec<String>,
+    /// When the request that carried it was accepted.
+    pub received: Instant,
 }
 
 /// One received metric data point, flattened.
@@ -321,6 +323,7 @@ fn check(
                             resource: resource.clone(),
                             status_code: sp.status.as_ref().map(|s| s.code).unwrap_or(0),
                             events: sp.events.iter().map(|e| e.name.clone()).collect(),
+                            received: Instant::now(),
                         });
                     }
                 }
