@@ -54,6 +54,11 @@ struct Sim {
     state: RunState,
 }
 
+/// The end of a failed `criu dump -v4` log (lab trap F1).
+const CRIU_LOG: &str = "(00.104418) mnt: Dumping mountpoints\n\
+(00.104610) Error (criu/mount.c:1030): mnt: Can't lookup mount=56 for fd=-3 path=/run/user/0/fifo\n\
+(00.104633) Error (criu/cr-dump.c:2093): Dumping FAILED.\n";
+
 const JOB_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn new_sim(otel: BTreeMap<String, String>, traceparent: Option<&str>) -> Sim {
@@ -146,6 +151,8 @@ fn before_reboot(sim: &mut Sim, scenario: Scenario) -> Option<export::ExportRepo
         if scenario == Scenario::FailsInDump {
             let e = run_phase(ctx, "dump", |c| {
                 let _ = c.runner.run(&CommandSpec::new("criu"));
+                // What the dump phase does with the log criu wrote.
+                ferry::phases::emit_criu_errors(&ferry::phases::criu_error_lines(CRIU_LOG));
                 Err::<(), _>(PhaseError::new("criu_dump", "criu dump failed"))
             })
             .unwrap_err();
@@ -243,6 +250,66 @@ fn check_tree(sim: &Sim, spans: &[RxSpan], scenario: Scenario, job_parent: Optio
     if scenario != Scenario::Succeeds {
         assert_eq!(root.status_code, 2);
         assert!(root.attributes.contains_key(names::ATTR_ERROR_TYPE));
+    }
+
+    // Every name on a span is in names.rs (the dashboards query that list);
+    // the resource may also carry the job's OTEL_RESOURCE_ATTRIBUTES.
+    let job_resource: Vec<String> = sim
+        .state
+        .otel
+        .get("OTEL_RESOURCE_ATTRIBUTES")
+        .map(|r| {
+            ferry::telemetry::resource_attributes(r)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        })
+        .unwrap_or_default();
+    for s in spans {
+        // Log lines inside a span become its events with free-form fields;
+        // named events (CRIU errors) have listed attributes.
+        let events = s
+            .events
+            .iter()
+            .filter(|e| e.name == names::EVENT_CRIU_ERROR)
+            .flat_map(|e| e.attributes.keys());
+        for k in s.attributes.keys().chain(events) {
+            assert!(
+                names::ALL_ATTRIBUTES.contains(&k.as_str()),
+                "span {} carries {k}, which names.rs does not list",
+                s.name
+            );
+        }
+        for k in s.resource.keys() {
+            assert!(
+                names::ALL_ATTRIBUTES.contains(&k.as_str()) || job_resource.contains(k),
+                "span {}'s resource carries unlisted {k}",
+                s.name
+            );
+        }
+        assert!(
+            names::all_span_names().contains(&s.name.as_str())
+                || s.name.starts_with(names::SPAN_EXEC_PREFIX),
+            "span name {} is not in names.rs",
+            s.name
+        );
+    }
+    if scenario == Scenario::FailsInDump {
+        let dump = spans.iter().find(|s| s.name == "dump").unwrap();
+        let lines: Vec<&str> = dump
+            .events
+            .iter()
+            .filter(|e| e.name == names::EVENT_CRIU_ERROR)
+            .map(|e| e.attributes[names::ATTR_CRIU_LINE].as_str())
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                "(00.104610) Error (criu/mount.c:1030): mnt: Can't lookup mount=56 for fd=-3 path=/run/user/0/fifo",
+                "(00.104633) Error (criu/cr-dump.c:2093): Dumping FAILED.",
+            ],
+            "CRIU's Error lines are events of the dump span"
+        );
     }
 
     for s in spans.iter().filter(|s| s.name != names::SPAN_RUN) {

@@ -433,7 +433,9 @@ mod tests {
     #[test]
     fn variable_references_are_found_in_every_syntax() {
         assert_eq!(
-            variable_refs("a … $host ${svc} ${__value.raw} ${x:csv} [[old]] $__rate_interval $ 5 …"),
+            variable_refs(
+                "a … $host ${svc} ${__value.raw} ${x:csv} [[old]] $__rate_interval $ 5 …"
+            ),
             vec!["host", "svc", "__value", "x", "old", "__rate_interval"]
         );
     }
