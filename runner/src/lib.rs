@@ -11,6 +11,7 @@ pub mod diagnose;
 pub mod exec;
 pub mod finishing;
 pub mod host;
+pub mod janitor;
 pub mod phases;
 pub mod procfs;
 pub mod pull;

@@ -74,6 +74,13 @@ enum Command {
         #[arg(long)]
         run_dir: PathBuf,
     },
+    /// End the runs beside this one that died (root span, bundle) and
+    /// re-send what any run has not exported.
+    #[command(name = "__janitor", hide = true)]
+    Janitor {
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -210,6 +217,32 @@ fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
         Command::Finish { run_dir } => {
             let code = resume::finish(&RunDir::new(run_dir), telemetry)?;
             Ok(ExitCode::from(code as u8))
+        }
+        Command::Janitor { run_dir } => {
+            let runs = run_dir
+                .parent()
+                .context("the run directory has no parent")?;
+            let buried = ferry::janitor::sweep(
+                runs,
+                Some(&run_dir),
+                telemetry,
+                &ferry::janitor::Facts::here(),
+                &|run| {
+                    let secrets = ferry::secrets::Secrets::for_run(run).values();
+                    let r = ferry::exec::SystemRunner::new(telemetry.spans.clone(), secrets);
+                    r.set_logs_dir(run.logs());
+                    Box::new(r)
+                },
+            );
+            for b in &buried {
+                eprintln!(
+                    "ferry: ended run {} ({}): {}",
+                    b.run.display(),
+                    b.error_type,
+                    b.reason
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Diagnose { inputs, json } => diagnose_cmd(&inputs, json),
         Command::Report { input, html } => report_cmd(&input, html.as_deref()),

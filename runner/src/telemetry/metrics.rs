@@ -27,6 +27,8 @@ pub fn pipeline_result(result: &str) -> &'static str {
         "succeeded" => "success",
         "cancelled" => "cancellation",
         "timeout" => "timeout",
+        // The run's process ended without a result: the janitor ended it.
+        "died" => "error",
         _ => "failure",
     }
 }
@@ -221,6 +223,7 @@ mod tests {
         assert_eq!(pipeline_result("succeeded"), "success");
         assert_eq!(pipeline_result("failed"), "failure");
         assert_eq!(pipeline_result("called_off"), "failure");
+        assert_eq!(pipeline_result(crate::janitor::DIED), "error");
     }
 
     #[test]
