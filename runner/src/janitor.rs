@@ -18,7 +18,6 @@
 //! no lock (it must hold no file of the run when it is checkpointed): the
 //! quiet time covers the moment between it and the worker.
 
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -47,15 +46,8 @@ pub const ERROR_NEVER_RESUMED: &str = "resume_never_ran";
 pub struct RunLock(#[allow(dead_code)] std::fs::File);
 
 impl RunLock {
-    fn take(run: &RunDir, op: libc::c_int) -> Option<RunLock> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(run.root.join("run.lock"))
-            .ok()?;
-        // SAFETY: flock on a descriptor we own.
-        (unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } == 0).then_some(RunLock(f))
+    fn take(run: &RunDir, exclusive: bool) -> Option<RunLock> {
+        crate::state::try_flock(&run.root.join("run.lock"), exclusive).map(RunLock)
     }
 
     /// Held by every process working on the run, for its whole life. A
@@ -63,7 +55,7 @@ impl RunLock {
     /// little, then go on without (a stuck janitor must not stop a trip).
     pub fn working(run: &RunDir) -> Option<RunLock> {
         for _ in 0..50 {
-            if let Some(l) = RunLock::take(run, libc::LOCK_SH) {
+            if let Some(l) = RunLock::take(run, false) {
                 return Some(l);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -77,7 +69,7 @@ impl RunLock {
 
     /// Only when no process works on the run.
     fn exclusive(run: &RunDir) -> Option<RunLock> {
-        RunLock::take(run, libc::LOCK_EX)
+        RunLock::take(run, true)
     }
 }
 
@@ -354,43 +346,25 @@ pub fn start_beside(run: &RunDir, run_id: &str, runner: &dyn Runner) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{Handoff, PhaseRecord, STATE_FORMAT};
+    use crate::state::PhaseRecord;
 
     fn state(phases: &[(&str, PhaseResult, &str)]) -> RunState {
-        RunState {
-            format: STATE_FORMAT,
-            run_id: "r".into(),
-            ferry_version: "t".into(),
-            host: "h".into(),
-            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
-            root_span_id: "b7ad6b7169203331".into(),
-            parent_span_id: None,
-            tracestate: None,
-            start_unix_nano: 1,
-            boot_ids: vec!["boot-a".into()],
-            kernel_before: "k".into(),
-            kernel_after: None,
-            kernel: None,
-            phases: phases
-                .iter()
-                .map(|(n, r, b)| PhaseRecord {
-                    name: n.to_string(),
-                    span_id: "00f067aa0ba902b7".into(),
-                    boot_id: b.to_string(),
-                    start_unix_nano: 1,
-                    end_unix_nano: None,
-                    result: *r,
-                    error: None,
-                    error_type: None,
-                })
-                .collect(),
-            session: None,
-            plan: json!({}),
-            handoff: Handoff::default(),
-            worker_pid: None,
-            outcome: None,
-            otel: Default::default(),
-        }
+        let mut s = RunState::example();
+        s.boot_ids = vec!["boot-a".into()];
+        s.phases = phases
+            .iter()
+            .map(|(n, r, b)| PhaseRecord {
+                name: n.to_string(),
+                span_id: "00f067aa0ba902b7".into(),
+                boot_id: b.to_string(),
+                start_unix_nano: 1,
+                end_unix_nano: None,
+                result: *r,
+                error: None,
+                error_type: None,
+            })
+            .collect();
+        s
     }
 
     fn facts(boot: &str, uptime_min: u64) -> Facts {
@@ -470,7 +444,7 @@ mod tests {
         let working = RunLock::working(&run).unwrap();
         assert!(RunLock::exclusive(&run).is_none());
         // Two processes of one run (resume and its finisher) share it.
-        assert!(RunLock::take(&run, libc::LOCK_SH).is_some());
+        assert!(RunLock::take(&run, false).is_some());
         drop(working);
         assert!(RunLock::exclusive(&run).is_some());
     }

@@ -228,28 +228,7 @@ mod tests {
 
     #[test]
     fn the_resource_is_the_listed_one() {
-        let state = RunState {
-            format: crate::state::STATE_FORMAT,
-            run_id: "r".into(),
-            ferry_version: "t".into(),
-            host: "h".into(),
-            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
-            root_span_id: "b7ad6b7169203331".into(),
-            parent_span_id: None,
-            tracestate: None,
-            start_unix_nano: 1,
-            boot_ids: vec!["b".into()],
-            kernel_before: "k".into(),
-            kernel_after: None,
-            kernel: None,
-            phases: Vec::new(),
-            session: None,
-            plan: json!({}),
-            handoff: Default::default(),
-            worker_pid: None,
-            outcome: None,
-            otel: Default::default(),
-        };
+        let state = RunState::example();
         let doc = run_metrics(&state, "failed", Some("x"), Some(("dir", 3)), 2);
         let keys: Vec<&str> = doc["resourceMetrics"][0]["resource"]["attributes"]
             .as_array()
