@@ -87,7 +87,8 @@ fn new_sim(otel: BTreeMap<String, String>, traceparent: Option<&str>) -> Sim {
         kernel: None,
         phases: Vec::new(),
         session: None,
-        plan: serde_json::json!({}),
+        // The plan the run's later processes (the janitor) read.
+        plan: serde_json::to_value(&config).unwrap(),
         handoff: Handoff::default(),
         worker_pid: None,
         outcome: None,
@@ -816,6 +817,10 @@ fn a_run_that_died_gets_its_root_span_and_bundle_from_the_janitor() {
     assert_eq!(outcome.phase.as_deref(), Some("kernel"));
     let bundle = outcome.bundle.expect("a bundle");
     assert!(bundle.ends_with("-kernel-died.tar.gz"), "{bundle}");
+    assert!(
+        bundle.starts_with(&sim.config.ship.dir.display().to_string()),
+        "{bundle} is in the run's ship.dir"
+    );
     let errors: Vec<_> = rx
         .points()
         .into_iter()
