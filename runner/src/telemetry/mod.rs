@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod names;
 pub mod otlp_file;
 pub mod proto;
+pub mod reference;
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
