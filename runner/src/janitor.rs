@@ -186,7 +186,9 @@ pub fn sweep(
             buried.push(b);
         }
     }
-    for (dir, report) in crate::telemetry::ship_all(runs_dir, EXPORT_BUDGET) {
+    // The caller's own run is exported by its own processes (the worker's
+    // flush before the kexec must not find the export lock taken).
+    for (dir, report) in crate::telemetry::ship_all_except(runs_dir, except, EXPORT_BUDGET) {
         if report.spans_sent > 0 || report.metric_lines_sent > 0 {
             tracing::info!(
                 run = %dir.display(),

@@ -127,5 +127,9 @@ fn main() {
             }
         );
     }
-    assert_eq!(healthy.spans().len(), runs * spans, "healthy got every span");
+    assert_eq!(
+        healthy.spans().len(),
+        runs * spans,
+        "healthy got every span"
+    );
 }

@@ -726,6 +726,10 @@ fn age(run: &RunDir) {
 
 /// `ferry __janitor` on the same boot, an hour later, in this process.
 fn janitor(sim: &Sim) -> Vec<ferry::janitor::Buried> {
+    janitor_except(sim, None)
+}
+
+fn janitor_except(sim: &Sim, except: Option<&std::path::Path>) -> Vec<ferry::janitor::Buried> {
     let telemetry = Telemetry::default();
     let subscriber =
         tracing_subscriber::registry().with(OtlpFileLayer::new(telemetry.spans.clone()));
@@ -733,7 +737,7 @@ fn janitor(sim: &Sim) -> Vec<ferry::janitor::Buried> {
     tracing::subscriber::with_default(subscriber, || {
         ferry::janitor::sweep(
             &runs,
-            None,
+            except,
             &telemetry,
             &ferry::janitor::Facts {
                 boot_id: ferry::host::boot_id(),
@@ -841,6 +845,9 @@ fn the_janitor_leaves_working_and_recent_runs_alone() {
     let rx = OtlpReceiver::start().unwrap();
     let mut sim = new_sim(otel_for(&rx.endpoint()), None);
     died_in_kernel(&mut sim);
+    // The caller's own run: neither ended nor exported by its janitor.
+    assert!(janitor_except(&sim, Some(&sim.run.root)).is_empty());
+    assert!(rx.requests().is_empty(), "the caller's run is not exported");
     // A process of the run holds its lock.
     let lock = ferry::janitor::RunLock::working(&sim.run).unwrap();
     assert!(janitor(&sim).is_empty());
