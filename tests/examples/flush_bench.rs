@@ -20,7 +20,7 @@ use serde_json::json;
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 fn span_line(i: usize) -> String {
-    let phase = i % 7 == 0;
+    let phase = i.is_multiple_of(7);
     let name = if phase {
         "upgrade".to_string()
     } else {
