@@ -12,6 +12,7 @@ pub mod exec;
 pub mod finishing;
 pub mod host;
 pub mod install;
+pub mod janitor;
 pub mod phases;
 pub mod procfs;
 pub mod pull;

@@ -88,6 +88,13 @@ enum Command {
         #[arg(long)]
         run_dir: PathBuf,
     },
+    /// End the runs beside this one that died (root span, bundle) and
+    /// re-send what any run has not exported.
+    #[command(name = "__janitor", hide = true)]
+    Janitor {
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -291,10 +298,17 @@ fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
             let code = resume::finish(&RunDir::new(run_dir), telemetry)?;
             Ok(ExitCode::from(code as u8))
         }
+        Command::Janitor { run_dir } => {
+            let runs = run_dir
+                .parent()
+                .context("the run directory has no parent")?;
+            bury_dead_runs(runs, Some(&run_dir), telemetry);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Diagnose { inputs, json } => diagnose_cmd(&inputs, json),
         Command::Report { input, html } => report_cmd(&input, html.as_deref()),
         Command::Pull(args) => pull_cmd(cli.config.as_deref(), args),
-        Command::Ship(args) => ship_cmd(cli.config.as_deref(), args),
+        Command::Ship(args) => ship_cmd(cli.config.as_deref(), args, telemetry),
         Command::Spool { command } => spool_cmd::run(&load_config(cli.config.as_deref())?, command),
         Command::Install(args) => install_cmd(cli.config.as_deref(), args, telemetry),
         Command::Config {
@@ -459,10 +473,46 @@ fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<
     Ok(ExitCode::SUCCESS)
 }
 
-/// `ferry ship`.
-fn ship_cmd(config: Option<&std::path::Path>, args: ShipArgs) -> anyhow::Result<ExitCode> {
+/// Ends the runs under `runs` that died (root span, bundle into the
+/// spool), but `except`, and re-sends what runs have not exported.
+fn bury_dead_runs(
+    runs: &std::path::Path,
+    except: Option<&std::path::Path>,
+    telemetry: &telemetry::Telemetry,
+) {
+    let buried = ferry::janitor::sweep(
+        runs,
+        except,
+        telemetry,
+        &ferry::janitor::Facts::here(),
+        &|run| {
+            let secrets = ferry::secrets::Secrets::for_run(run).values();
+            let r = ferry::exec::SystemRunner::new(telemetry.spans.clone(), secrets);
+            r.set_logs_dir(run.logs());
+            Box::new(r)
+        },
+    );
+    for b in &buried {
+        eprintln!(
+            "ferry: ended run {} ({}): {}",
+            b.run.display(),
+            b.error_type,
+            b.reason
+        );
+    }
+}
+
+/// `ferry ship`: the boot-time janitor first (the ship timer runs it after
+/// every boot, so a run that died gets its root span and bundle), then
+/// the spool is drained.
+fn ship_cmd(
+    config: Option<&std::path::Path>,
+    args: ShipArgs,
+    telemetry: &telemetry::Telemetry,
+) -> anyhow::Result<ExitCode> {
     use ferry_uploaders::spool::Wait;
     let cfg = load_config(config)?;
+    bury_dead_runs(&cfg.runs_dir(), None, telemetry);
     let wait = if args.no_wait {
         Wait::No
     } else {

@@ -38,6 +38,8 @@ fn load(
 
 /// The unit's main process. Returns the exit code for the unit.
 pub fn resume(run: &RunDir, telemetry: &Telemetry) -> Result<i32, TripError> {
+    // Held as long as this process lives (as long as the session).
+    let _working = crate::janitor::RunLock::working(run);
     let (config, state, runner) = load(run, telemetry)?;
     let mut ctx = Ctx {
         config: &config,
@@ -114,6 +116,7 @@ pub fn resume(run: &RunDir, telemetry: &Telemetry) -> Result<i32, TripError> {
 
 /// The finisher: verify, collect, finish, ship.
 pub fn finish(run: &RunDir, telemetry: &Telemetry) -> Result<i32, TripError> {
+    let _working = crate::janitor::RunLock::working(run);
     let (config, state, runner) = load(run, telemetry)?;
     let mut ctx = Ctx {
         config: &config,

@@ -188,6 +188,35 @@ pub struct RunState {
 
 pub const STATE_FORMAT: u32 = 1;
 
+#[cfg(test)]
+impl RunState {
+    /// A minimal state for unit tests.
+    pub fn example() -> RunState {
+        RunState {
+            format: STATE_FORMAT,
+            run_id: "r".into(),
+            ferry_version: "t".into(),
+            host: "h".into(),
+            trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+            root_span_id: "b7ad6b7169203331".into(),
+            parent_span_id: None,
+            tracestate: None,
+            start_unix_nano: 1,
+            boot_ids: vec!["b".into()],
+            kernel_before: "k".into(),
+            kernel_after: None,
+            kernel: None,
+            phases: Vec::new(),
+            session: None,
+            plan: serde_json::json!({}),
+            handoff: Handoff::default(),
+            worker_pid: None,
+            outcome: None,
+            otel: Default::default(),
+        }
+    }
+}
+
 impl RunState {
     pub fn phase(&self, name: &str) -> Option<&PhaseRecord> {
         self.phases.iter().rev().find(|p| p.name == name)
@@ -279,6 +308,26 @@ impl RunDir {
             Err(source) => Err(StateError::Read { path, source }),
         }
     }
+}
+
+/// A `flock` (shared or exclusive) on the lock file at `path`, created if
+/// missing; `None` when another process holds a conflicting one. Released
+/// when the file is dropped.
+pub fn try_flock(path: &Path, exclusive: bool) -> Option<File> {
+    use std::os::unix::io::AsRawFd;
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .ok()?;
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    // SAFETY: flock on a descriptor we own.
+    (unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } == 0).then_some(f)
 }
 
 pub fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StateError> {

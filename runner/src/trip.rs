@@ -136,6 +136,8 @@ pub fn upgrade(
     telemetry.attach(&state, run.trace_file(), run.logs().join("ferry.log"));
     runner.set_logs_dir(run.logs());
     tracing::info!(run = %run_id, dir = %run.root.display(), "run started");
+    // Earlier runs that died get their root span and bundle now.
+    crate::janitor::start_beside(&run, &run_id, &runner);
 
     let mut ctx = Ctx {
         config,
@@ -315,6 +317,7 @@ pub fn plan_of(run: &RunDir, state: &RunState) -> Result<Config, TripError> {
 
 /// The detached worker: upgrade, kernel, dump, prepare-restore, handoff.
 pub fn worker(run: &RunDir, telemetry: &Telemetry) -> Result<(), TripError> {
+    let _working = crate::janitor::RunLock::working(run);
     let state = run.load()?;
     let config = plan_of(run, &state)?;
     let secrets = crate::secrets::Secrets::for_run(run).values();

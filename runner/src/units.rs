@@ -112,6 +112,17 @@ WantedBy=multi-user.target\n",
     )
 }
 
+/// True when the unit file at `path` was written by ferry for `run_id`
+/// (its first line says so): a unit of another run is not this run's to
+/// disable.
+pub fn written_for(path: &Path, run_id: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|t| {
+        t.lines()
+            .next()
+            .is_some_and(|l| l.starts_with(&format!("# Written by ferry for run {run_id};")))
+    })
+}
+
 /// `systemd-run` starting `ferry <subcommand> --run-dir <run>` from the
 /// run's own binary as transient unit `ferry-<role>-<run id>`, outside the
 /// caller's process tree and cgroup. Returns the unit name and the command.
@@ -173,6 +184,16 @@ mod tests {
         assert!(timer.contains("OnBootSec=30s\nOnUnitInactiveSec=15min\n"));
         assert!(timer.contains("Unit=ferry-ship.service"));
         assert!(timer.contains("WantedBy=timers.target"));
+    }
+
+    #[test]
+    fn a_unit_belongs_to_the_run_that_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(RESUME_UNIT);
+        std::fs::write(&path, resume_unit("r1", Path::new("/f"), Path::new("/r"))).unwrap();
+        assert!(written_for(&path, "r1"));
+        assert!(!written_for(&path, "r"));
+        assert!(!written_for(&dir.path().join("missing"), "r1"));
     }
 
     #[test]

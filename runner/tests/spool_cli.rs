@@ -292,13 +292,17 @@ fn a_spool_the_user_cannot_write_is_a_clear_error() {
         std::fs::set_permissions(env.spool(), std::fs::Permissions::from_mode(0o500)).unwrap();
         env.ferry()
     };
-    let out = ferry
-        .arg("spool")
-        .arg("add")
-        .arg(&f)
-        .command()
-        .output()
-        .unwrap();
+    let mut cmd = ferry.arg("spool").arg("add").arg(&f).command();
+    // The binary was just copied: a thread of another test that forked
+    // meanwhile may still hold its write fd until it execs (ETXTBSY).
+    let out = loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            r => break r.unwrap(),
+        }
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(

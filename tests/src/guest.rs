@@ -27,22 +27,46 @@ pub const TELEMETRY_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 100);
 /// Default bound on a single `ssh()` command.
 pub const DEFAULT_CMD_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
-/// `guestfwd=tcp:GUEST_ADDR:GUEST_PORT-tcp:127.0.0.1:HOST_PORT`: connections the
-/// guest makes to `guest_addr:guest_port` reach `127.0.0.1:host_port` on the host.
+/// `guestfwd=tcp:GUEST_ADDR:GUEST_PORT-cmd:ferry-guestfwd 127.0.0.1 HOST_PORT`:
+/// every connection the guest makes to `guest_addr:guest_port` becomes a
+/// fresh connection to `127.0.0.1:host_port` on the host.
+///
+/// Not the chardev form (`…-tcp:127.0.0.1:PORT`): QEMU opens that once at
+/// start-up (and refuses to start when nobody listens) and funnels every
+/// guest connection of the VM's life into that one stream, with no close.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestFwd {
     pub guest_addr: Ipv4Addr,
     pub guest_port: u16,
     pub host_port: u16,
+    /// The per-connection proxy (`src/bin/ferry-guestfwd.rs`).
+    pub proxy: PathBuf,
 }
 
 impl GuestFwd {
     fn qemu_arg(&self) -> String {
         format!(
-            "guestfwd=tcp:{}:{}-tcp:127.0.0.1:{}",
-            self.guest_addr, self.guest_port, self.host_port
+            "guestfwd=tcp:{}:{}-cmd:{} 127.0.0.1 {}",
+            self.guest_addr,
+            self.guest_port,
+            self.proxy.display(),
+            self.host_port
         )
     }
+}
+
+/// Where `ferry-guestfwd` is: `FERRY_GUESTFWD`, else next to the running
+/// test or demo binary (cargo builds the package's binaries for its
+/// integration tests: `target/<profile>/`, one level above `deps/`).
+pub fn guestfwd_proxy() -> PathBuf {
+    if let Ok(p) = std::env::var("FERRY_GUESTFWD") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dirs = exe.ancestors().skip(1).take(2);
+    dirs.map(|d| d.join("ferry-guestfwd"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("ferry-guestfwd"))
 }
 
 /// How to boot a guest.
@@ -87,12 +111,14 @@ impl BootOptions {
         }
     }
 
-    /// Adds `guestfwd=tcp:guest_addr:guest_port-tcp:127.0.0.1:host_port`.
+    /// Forwards the guest's connections to `guest_addr:guest_port` to
+    /// `127.0.0.1:host_port` (see [`GuestFwd`]).
     pub fn guestfwd(mut self, guest_addr: Ipv4Addr, guest_port: u16, host_port: u16) -> Self {
         self.guestfwd.push(GuestFwd {
             guest_addr,
             guest_port,
             host_port,
+            proxy: guestfwd_proxy(),
         });
         self
     }
@@ -137,6 +163,22 @@ impl Guest {
     /// `-kernel/-initrd`, ssh forwarded from a free 127.0.0.1 port. Returns as
     /// soon as qemu runs; call [`Guest::wait_ssh`] next.
     pub fn boot(image: &GuestImage, opts: BootOptions) -> Result<Guest> {
+        for fwd in &opts.guestfwd {
+            let p = &fwd.proxy;
+            if !p.is_absolute() || !p.is_file() {
+                bail!(
+                    "the guestfwd proxy {} is missing: build it with `cargo build -p ferry-tests --bin ferry-guestfwd` or set FERRY_GUESTFWD",
+                    p.display()
+                );
+            }
+            // QEMU splits -netdev at commas and slirp the command at spaces.
+            if p.to_string_lossy().contains([',', ' ']) {
+                bail!(
+                    "the guestfwd proxy path {} holds a comma or a space, which QEMU cannot pass; set FERRY_GUESTFWD to a plain path",
+                    p.display()
+                );
+            }
+        }
         let n = BOOTS.fetch_add(1, Ordering::SeqCst);
         let safe_name: String = opts
             .name
@@ -740,10 +782,11 @@ mod tests {
             guest_addr: TELEMETRY_IP,
             guest_port: 4318,
             host_port: 40000,
+            proxy: "/t/ferry-guestfwd".into(),
         };
         assert_eq!(
             f.qemu_arg(),
-            "guestfwd=tcp:10.0.2.100:4318-tcp:127.0.0.1:40000"
+            "guestfwd=tcp:10.0.2.100:4318-cmd:/t/ferry-guestfwd 127.0.0.1 40000"
         );
     }
 
@@ -766,7 +809,8 @@ mod tests {
             ssh_key: "/c/id_ed25519".into(),
             ensure_time: Duration::ZERO,
         };
-        let opts = BootOptions::named("t").guestfwd(TELEMETRY_IP, 4318, 5555);
+        let mut opts = BootOptions::named("t").guestfwd(TELEMETRY_IP, 4318, 5555);
+        opts.guestfwd[0].proxy = "/t/ferry-guestfwd".into();
         let a = qemu_args(
             &img,
             &opts,
@@ -778,7 +822,7 @@ mod tests {
         );
         let s = a.join(" ");
         assert!(s.contains(
-            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,guestfwd=tcp:10.0.2.100:4318-tcp:127.0.0.1:5555"
+            "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:2222-:22,guestfwd=tcp:10.0.2.100:4318-cmd:/t/ferry-guestfwd 127.0.0.1 5555"
         ));
         assert!(s.contains("-accel tcg -cpu max -smp 2 -m 2048 -no-reboot"));
         assert!(s.contains("-monitor none"));

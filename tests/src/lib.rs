@@ -27,7 +27,7 @@ pub mod util;
 
 pub use guest::{
     BootOptions, DEFAULT_CMD_TIMEOUT, GUEST_IP, Guest, GuestFwd, HOST_IP, TELEMETRY_IP,
-    strip_escapes, work_root,
+    guestfwd_proxy, strip_escapes, work_root,
 };
 pub use image::{GuestImage, parse_env};
 pub use session::{Gap, Line, Session, Stream};

@@ -62,7 +62,16 @@ pub struct RxSpan {
     pub resource: BTreeMap<String, String>,
     /// 0 unset, 1 ok, 2 error.
     pub status_code: i32,
-    pub events: Vec<String>,
+    pub events: Vec<RxEvent>,
+    /// When the request that carried it was accepted.
+    pub received: Instant,
+}
+
+/// One event of a received span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RxEvent {
+    pub name: String,
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// One received metric data point, flattened.
@@ -320,7 +329,15 @@ fn check(
                             attributes: kvs(&sp.attributes),
                             resource: resource.clone(),
                             status_code: sp.status.as_ref().map(|s| s.code).unwrap_or(0),
-                            events: sp.events.iter().map(|e| e.name.clone()).collect(),
+                            events: sp
+                                .events
+                                .iter()
+                                .map(|e| RxEvent {
+                                    name: e.name.clone(),
+                                    attributes: kvs(&e.attributes),
+                                })
+                                .collect(),
+                            received: Instant::now(),
                         });
                     }
                 }

@@ -54,6 +54,11 @@ struct Sim {
     state: RunState,
 }
 
+/// The end of a failed `criu dump -v4` log (lab trap F1).
+const CRIU_LOG: &str = "(00.104418) mnt: Dumping mountpoints\n\
+(00.104610) Error (criu/mount.c:1030): mnt: Can't lookup mount=56 for fd=-3 path=/run/user/0/fifo\n\
+(00.104633) Error (criu/cr-dump.c:2093): Dumping FAILED.\n";
+
 const JOB_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn new_sim(otel: BTreeMap<String, String>, traceparent: Option<&str>) -> Sim {
@@ -83,7 +88,8 @@ fn new_sim(otel: BTreeMap<String, String>, traceparent: Option<&str>) -> Sim {
         kernel: None,
         phases: Vec::new(),
         session: None,
-        plan: serde_json::json!({}),
+        // The plan the run's later processes (the janitor) read.
+        plan: serde_json::to_value(&config).unwrap(),
         handoff: Handoff::default(),
         worker_pid: None,
         outcome: None,
@@ -147,6 +153,8 @@ fn before_reboot(sim: &mut Sim, scenario: Scenario) -> Option<export::ExportRepo
         if scenario == Scenario::FailsInDump {
             let e = run_phase(ctx, "dump", |c| {
                 let _ = c.runner.run(&CommandSpec::new("criu"));
+                // What the dump phase does with the log criu wrote.
+                ferry::phases::emit_criu_errors(&ferry::phases::criu_error_lines(CRIU_LOG));
                 Err::<(), _>(PhaseError::new("criu_dump", "criu dump failed"))
             })
             .unwrap_err();
@@ -244,6 +252,65 @@ fn check_tree(sim: &Sim, spans: &[RxSpan], scenario: Scenario, job_parent: Optio
     if scenario != Scenario::Succeeds {
         assert_eq!(root.status_code, 2);
         assert!(root.attributes.contains_key(names::ATTR_ERROR_TYPE));
+    }
+
+    // Every name on a span is in names.rs (the dashboards query that list);
+    // the resource may also carry the job's OTEL_RESOURCE_ATTRIBUTES.
+    let job_resource: Vec<String> = sim
+        .state
+        .otel
+        .get("OTEL_RESOURCE_ATTRIBUTES")
+        .map(|r| {
+            ferry::telemetry::resource_attributes(r)
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        })
+        .unwrap_or_default();
+    for s in spans {
+        // Log lines inside a span become its events with free-form fields;
+        // named events (CRIU errors) have listed attributes.
+        let events = s
+            .events
+            .iter()
+            .filter(|e| e.name == names::EVENT_CRIU_ERROR)
+            .flat_map(|e| e.attributes.keys());
+        for k in s.attributes.keys().chain(events) {
+            assert!(
+                names::ALL_ATTRIBUTES.contains(&k.as_str()),
+                "span {} carries {k}, which names.rs does not list",
+                s.name
+            );
+        }
+        for k in s.resource.keys() {
+            assert!(
+                names::ALL_ATTRIBUTES.contains(&k.as_str()) || job_resource.contains(k),
+                "span {}'s resource carries unlisted {k}",
+                s.name
+            );
+        }
+        assert!(
+            names::is_span_name(&s.name),
+            "span name {} is not in names.rs",
+            s.name
+        );
+    }
+    if scenario == Scenario::FailsInDump {
+        let dump = spans.iter().find(|s| s.name == "dump").unwrap();
+        let lines: Vec<&str> = dump
+            .events
+            .iter()
+            .filter(|e| e.name == names::EVENT_CRIU_ERROR)
+            .map(|e| e.attributes[names::ATTR_CRIU_LINE].as_str())
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                "(00.104610) Error (criu/mount.c:1030): mnt: Can't lookup mount=56 for fd=-3 path=/run/user/0/fifo",
+                "(00.104633) Error (criu/cr-dump.c:2093): Dumping FAILED.",
+            ],
+            "CRIU's Error lines are events of the dump span"
+        );
     }
 
     for s in spans.iter().filter(|s| s.name != names::SPAN_RUN) {
@@ -700,4 +767,179 @@ fn a_bundle_whose_destination_is_down_waits_in_the_spool() {
     assert!(sim.config.ship.dir.join(&ship.key).is_file());
     assert_eq!(summary.forgotten, [sim.run.root.clone()]);
     assert!(!ferry::secrets::Secrets::saved(&sim.run));
+}
+
+/// The worker of `sim` "killed" in phase `kernel` after its command ran:
+/// the state and the trace as they were at that moment, written long ago.
+fn died_in_kernel(sim: &mut Sim) -> (String, String) {
+    let mut at_death = None;
+    in_process(sim, "boot-a", "6.1.0-old", |ctx| {
+        for p in ["preflight", "locate", "upgrade"] {
+            run_phase(ctx, p, ok).unwrap();
+        }
+        run_phase(ctx, "kernel", |c| {
+            let _ = c.runner.run(&CommandSpec::new("kexec"));
+            at_death = Some((
+                std::fs::read(c.run.state_file()).unwrap(),
+                std::fs::read(c.run.trace_file()).unwrap(),
+            ));
+            Ok(())
+        })
+        .unwrap();
+    });
+    let (state, trace) = at_death.unwrap();
+    std::fs::write(sim.run.state_file(), state).unwrap();
+    std::fs::write(sim.run.trace_file(), trace).unwrap();
+    age(&sim.run);
+    sim.state = sim.run.load().unwrap();
+    let rec = sim.state.phase("kernel").unwrap();
+    (rec.span_id.clone(), rec.boot_id.clone())
+}
+
+fn age(run: &RunDir) {
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(run.state_file())
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+}
+
+/// `ferry __janitor` on the same boot, an hour later, in this process.
+fn janitor(sim: &Sim) -> Vec<ferry::janitor::Buried> {
+    janitor_except(sim, None)
+}
+
+fn janitor_except(sim: &Sim, except: Option<&std::path::Path>) -> Vec<ferry::janitor::Buried> {
+    let telemetry = Telemetry::default();
+    let subscriber =
+        tracing_subscriber::registry().with(OtlpFileLayer::new(telemetry.spans.clone()));
+    let runs = sim.run.root.parent().unwrap().to_path_buf();
+    tracing::subscriber::with_default(subscriber, || {
+        ferry::janitor::sweep(
+            &runs,
+            except,
+            &telemetry,
+            &ferry::janitor::Facts {
+                boot_id: ferry::host::boot_id(),
+                uptime: Duration::from_secs(6000),
+                now: std::time::SystemTime::now(),
+            },
+            &|_| Box::new(FakeRunner),
+        )
+    })
+}
+
+#[test]
+fn a_run_that_died_gets_its_root_span_and_bundle_from_the_janitor() {
+    let rx = OtlpReceiver::start().unwrap();
+    let mut sim = new_sim(otel_for(&rx.endpoint()), None);
+    let (kernel_span, kernel_boot) = died_in_kernel(&mut sim);
+    assert!(rx.spans().is_empty(), "the dead worker exported nothing");
+
+    let buried = janitor(&sim);
+    assert_eq!(buried.len(), 1, "{buried:?}");
+    assert_eq!(buried[0].error_type, ferry::janitor::ERROR_DIED);
+    assert!(
+        buried[0].reason.contains("phase kernel"),
+        "{}",
+        buried[0].reason
+    );
+    assert!(rx.errors().is_empty(), "{:?}", rx.errors());
+
+    let spans = rx.spans();
+    assert_eq!(spans.len(), file_spans(&sim.run).len(), "every span once");
+    let ids: BTreeSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    assert_eq!(ids.len(), spans.len());
+    let state = sim.run.load().unwrap();
+    let root = spans
+        .iter()
+        .find(|s| s.name == names::SPAN_RUN)
+        .expect("a root");
+    assert_eq!(root.span_id, state.root_span_id);
+    assert_eq!(
+        root.start_unix_nano, state.start_unix_nano,
+        "its original start"
+    );
+    assert_eq!(
+        root.start_unix_nano,
+        spans.iter().map(|s| s.start_unix_nano).min().unwrap()
+    );
+    assert_eq!(root.attributes[names::ATTR_PIPELINE_RESULT], "error");
+    assert_eq!(root.attributes[names::ATTR_ERROR_TYPE], "run_died");
+    assert_eq!(root.attributes[names::ATTR_RUN_OUTCOME], "died");
+    assert_eq!(root.status_code, 2);
+    // The phase that was running has its span, under the id its command
+    // points to: no orphan anywhere.
+    let kernel = spans
+        .iter()
+        .find(|s| s.name == "kernel")
+        .expect("the died phase");
+    assert_eq!(kernel.span_id, kernel_span);
+    assert_eq!(kernel.status_code, 2);
+    assert_eq!(kernel.attributes[names::ATTR_ERROR_TYPE], "run_died");
+    assert_eq!(
+        kernel.resource[names::ATTR_BOOT_ID],
+        kernel_boot,
+        "its own boot"
+    );
+    let exec = spans.iter().find(|s| s.name == "exec kexec").unwrap();
+    assert_eq!(exec.parent_span_id, kernel_span);
+    assert!(kernel.end_unix_nano >= exec.end_unix_nano);
+    for s in spans.iter().filter(|s| s.name != names::SPAN_RUN) {
+        assert!(
+            ids.contains(s.parent_span_id.as_str()),
+            "{} is an orphan",
+            s.name
+        );
+    }
+    for p in ["collect", "finish", "ship"] {
+        assert!(spans.iter().any(|s| s.name == p), "no {p} span");
+    }
+    // The run is over: outcome, bundle, metrics.
+    let outcome = state.outcome.expect("an outcome");
+    assert_eq!(outcome.result, "died");
+    assert_eq!(outcome.phase.as_deref(), Some("kernel"));
+    let bundle = outcome.bundle.expect("a bundle");
+    assert!(bundle.ends_with("-kernel-died.tar.gz"), "{bundle}");
+    assert!(
+        bundle.starts_with(&sim.config.ship.dir.display().to_string()),
+        "{bundle} is in the run's ship.dir"
+    );
+    let errors: Vec<_> = rx
+        .points()
+        .into_iter()
+        .filter(|p| p.metric == names::METRIC_RUN_ERRORS.name)
+        .collect();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].attributes[names::ATTR_ERROR_TYPE], "run_died");
+
+    // Once only.
+    let before = rx.requests().len();
+    age(&sim.run);
+    assert!(janitor(&sim).is_empty());
+    assert_eq!(rx.requests().len(), before, "nothing sent twice");
+}
+
+#[test]
+fn the_janitor_leaves_working_and_recent_runs_alone() {
+    let rx = OtlpReceiver::start().unwrap();
+    let mut sim = new_sim(otel_for(&rx.endpoint()), None);
+    died_in_kernel(&mut sim);
+    // The caller's own run: neither ended nor exported by its janitor.
+    assert!(janitor_except(&sim, Some(&sim.run.root)).is_empty());
+    assert!(rx.requests().is_empty(), "the caller's run is not exported");
+    // A process of the run holds its lock.
+    let lock = ferry::janitor::RunLock::working(&sim.run).unwrap();
+    assert!(janitor(&sim).is_empty());
+    drop(lock);
+    // The state was written a moment ago.
+    sim.run.save(&sim.run.load().unwrap()).unwrap();
+    assert!(janitor(&sim).is_empty());
+    assert!(sim.run.load().unwrap().outcome.is_none());
+    assert!(rx.spans().iter().all(|s| s.name != names::SPAN_RUN));
+    // Quiet again: now it is dead.
+    age(&sim.run);
+    assert_eq!(janitor(&sim).len(), 1);
 }

@@ -11,43 +11,65 @@
 //!    checkpoints the session, kexecs, restores; the SAME connection prints
 //!    the new kernel, echoes input, and `ferry upgrade` returns 0 there.
 //!
+//! Every case exports its trace over OTLP/HTTP to the strict test receiver
+//! on this machine, which the guest reaches through a `guestfwd` (no boot
+//! of its own: the trip's boots carry it). The receiver must end up with
+//! each run's spans once, under one trace id, the happy trip's from both
+//! boots.
+//!
 //! Gated by `FERRY_GUEST_TESTS=1`; the ferry binary comes from `FERRY_BIN`
 //! or the workspace's target/release (`./lab test` builds it).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use ferry_tests::otlp_receiver::{OtlpReceiver, RxSpan};
 use ferry_tests::trip::{fetch_bundle, find_bundle, install_ferry, session_script};
-use ferry_tests::{BootOptions, Guest, GuestImage, Session, guest_tests_enabled};
+use ferry_tests::{BootOptions, Guest, GuestImage, Session, TELEMETRY_IP, guest_tests_enabled};
 use serde_json::Value;
+
+/// The collector the guest's ferry exports to: the receiver, via guestfwd.
+fn otel_env() -> String {
+    format!("OTEL_EXPORTER_OTLP_ENDPOINT=http://{TELEMETRY_IP}:4318")
+}
 
 #[test]
 fn trip() -> Result<()> {
     if !guest_tests_enabled("trip") {
         return Ok(());
     }
+    let rx = OtlpReceiver::start()?;
     let image = GuestImage::ensure()?;
-    let guest = Guest::boot(&image, BootOptions::named("trip"))?;
+    let guest = Guest::boot(
+        &image,
+        BootOptions::named("trip").guestfwd(TELEMETRY_IP, 4318, rx.port()),
+    )?;
     guest.wait_ssh(Duration::from_secs(300))?;
     install_ferry(&guest)?;
 
     if std::env::var("SKIP_FAIL").is_err() {
-        failing_dump(&guest)
+        failing_dump(&guest, &rx)
             .with_context(|| format!("failing dump case\n{}", guest.diagnostics()))?;
     }
-    in_place_restore(&guest)
+    in_place_restore(&guest, &rx)
         .with_context(|| format!("in-place restore case\n{}", guest.diagnostics()))?;
-    happy_trip(&guest).with_context(|| format!("happy trip case\n{}", guest.diagnostics()))?;
+    happy_trip(&guest, &rx).with_context(|| format!("happy trip case\n{}", guest.diagnostics()))?;
+    ensure!(
+        rx.errors().is_empty(),
+        "the receiver refused requests: {:?}",
+        rx.errors()
+    );
     guest.finish()?;
     Ok(())
 }
 
-fn failing_dump(guest: &Guest) -> Result<()> {
+fn failing_dump(guest: &Guest, rx: &OtlpReceiver) -> Result<()> {
     let t = Instant::now();
+    let boot = guest_boot(guest)?;
     let mut session = Session::start(
         guest,
         &session_script(
-            "FERRY_TESTING_SKIP_EXTERNALS=1",
+            &format!("FERRY_TESTING_SKIP_EXTERNALS=1 {}", otel_env()),
             "--no-upgrade --allow-same-kernel",
         ),
     )?;
@@ -90,6 +112,8 @@ fn failing_dump(guest: &Guest) -> Result<()> {
         "manifest result: {}",
         manifest["run"]
     );
+    let old = guest.old_kernel().to_string();
+    check_received(rx, &dir, &[(boot.as_str(), old.as_str())], None)?;
     // Nothing is left behind for the next boot.
     let enabled = guest.ssh("systemctl is-enabled ferry-resume.service")?;
     ensure!(
@@ -105,13 +129,14 @@ fn failing_dump(guest: &Guest) -> Result<()> {
     Ok(())
 }
 
-fn in_place_restore(guest: &Guest) -> Result<()> {
+fn in_place_restore(guest: &Guest, rx: &OtlpReceiver) -> Result<()> {
     let t = Instant::now();
     let old = guest.old_kernel().to_string();
+    let boot = guest_boot(guest)?;
     let mut session = Session::start(
         guest,
         &session_script(
-            "FERRY_TESTING_FAIL_AFTER_DUMP=1",
+            &format!("FERRY_TESTING_FAIL_AFTER_DUMP=1 {}", otel_env()),
             "--no-upgrade --allow-same-kernel",
         ),
     )?;
@@ -161,16 +186,18 @@ fn in_place_restore(guest: &Guest) -> Result<()> {
         restore_log.contains("Restore finished successfully"),
         "restore.log lacks success"
     );
+    check_received(rx, &dir, &[(boot.as_str(), old.as_str())], None)?;
     session.kill();
     eprintln!("in-place restore case: {:.1} s", t.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn happy_trip(guest: &Guest) -> Result<()> {
+fn happy_trip(guest: &Guest, rx: &OtlpReceiver) -> Result<()> {
     let t = Instant::now();
     let old = guest.old_kernel().to_string();
     let new = guest.new_kernel().to_string();
-    let session = Session::start(guest, &session_script("", ""))?;
+    let boot_old = guest_boot(guest)?;
+    let session = Session::start(guest, &session_script(&otel_env(), ""))?;
     session.wait_for("tick", Duration::from_secs(60))?;
     let exit = session
         .wait_for("FERRY-EXIT=", Duration::from_secs(900))
@@ -268,6 +295,17 @@ fn happy_trip(guest: &Guest) -> Result<()> {
         "new boot dmesg does not name {new}"
     );
     check_trace(&std::fs::read_to_string(dir.join("trace/otlp.jsonl"))?)?;
+    let boot_new = guest_boot(guest)?;
+    ensure!(boot_new != boot_old, "the guest did not reboot");
+    check_received(
+        rx,
+        &dir,
+        &[
+            (boot_old.as_str(), old.as_str()),
+            (boot_new.as_str(), new.as_str()),
+        ],
+        Some(&gap),
+    )?;
     eprintln!("happy trip case: {:.1} s", t.elapsed().as_secs_f64());
     Ok(())
 }
@@ -342,5 +380,195 @@ fn check_trace(text: &str) -> Result<()> {
             "span {n} after the root"
         );
     }
+    Ok(())
+}
+
+/// The guest's current boot id.
+fn guest_boot(guest: &Guest) -> Result<String> {
+    Ok(guest
+        .ssh_ok("cat /proc/sys/kernel/random/boot_id")?
+        .trim()
+        .to_string())
+}
+
+/// What the receiver on this machine got for the run whose bundle is
+/// unpacked in `dir`: every span of the run once, all under the run's one
+/// trace id; the root last (but for the ship phase, exported after it) with
+/// the earliest start; each span from a boot of `boots` (boot id, kernel
+/// release), and the boot the state says its phase ran in. With the trip's
+/// `gap` (the session's downtime around the reboot): the spans of the old
+/// boot that the worker flushed before the kexec arrived before the session
+/// came back, and no span of the new boot arrived before the reboot.
+fn check_received(
+    rx: &OtlpReceiver,
+    dir: &std::path::Path,
+    boots: &[(&str, &str)],
+    gap: Option<&ferry_tests::Gap>,
+) -> Result<()> {
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("state.json"))?)?;
+    let run_id = state["run_id"].as_str().context("state has no run_id")?;
+    let trace_id = state["trace_id"]
+        .as_str()
+        .context("state has no trace_id")?;
+    // The last export runs after the outcome the test waited for: wait
+    // for the ship phase, the last span of a run.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let of_run = |spans: Vec<RxSpan>| -> Vec<RxSpan> {
+        spans
+            .into_iter()
+            .filter(|s| s.resource.get("cicd.pipeline.run.id").map(String::as_str) == Some(run_id))
+            .collect()
+    };
+    let spans = loop {
+        let spans = of_run(rx.spans());
+        if spans.iter().any(|s| s.name == "ship") || Instant::now() > deadline {
+            break spans;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    ensure!(
+        names.contains(&"ship"),
+        "the receiver never got the run's last span (ship): {names:?}"
+    );
+    let traces: std::collections::BTreeSet<&str> =
+        spans.iter().map(|s| s.trace_id.as_str()).collect();
+    ensure!(
+        traces.len() == 1 && traces.contains(trace_id),
+        "run {run_id}: trace ids {traces:?}, state says {trace_id}"
+    );
+    let mut ids = std::collections::BTreeSet::new();
+    for s in &spans {
+        ensure!(
+            ids.insert(s.span_id.as_str()),
+            "span {} received twice",
+            s.name
+        );
+    }
+    // Every span of the bundle's trace file arrived (the file was bundled
+    // before the ship phase ended, so that one is only at the receiver).
+    let file = std::fs::read_to_string(dir.join("trace/otlp.jsonl"))?;
+    for line in file.lines() {
+        let v: Value = serde_json::from_str(line)?;
+        let id = v["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["spanId"]
+            .as_str()
+            .unwrap_or("");
+        ensure!(
+            ids.contains(id),
+            "span {id} of the trace file never arrived"
+        );
+    }
+
+    let root_at = spans
+        .iter()
+        .position(|s| s.name == "ferry.run")
+        .context("no root span received")?;
+    let root = &spans[root_at];
+    ensure!(root.parent_span_id.is_empty(), "the root has a parent");
+    ensure!(
+        root.start_unix_nano == spans.iter().map(|s| s.start_unix_nano).min().unwrap_or(0),
+        "the root must start first"
+    );
+    let ship = spans
+        .iter()
+        .find(|s| s.name == "ship")
+        .map(|s| s.span_id.as_str());
+    for s in &spans[root_at + 1..] {
+        ensure!(
+            Some(s.span_id.as_str()) == ship || Some(s.parent_span_id.as_str()) == ship,
+            "span {} arrived after the root",
+            s.name
+        );
+    }
+    for s in spans.iter().filter(|s| s.name != "ferry.run") {
+        ensure!(
+            ids.contains(s.parent_span_id.as_str()),
+            "span {} is an orphan",
+            s.name
+        );
+    }
+
+    // The boots: what each span claims, against the guest's real ones.
+    let phase_boot: std::collections::BTreeMap<&str, &str> = state["phases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["span_id"].as_str()?, p["boot_id"].as_str()?)))
+        .collect();
+    let by_id: std::collections::BTreeMap<&str, &RxSpan> =
+        spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let mut seen_boots = std::collections::BTreeSet::new();
+    for s in &spans {
+        let boot = s
+            .resource
+            .get("ferry.boot.id")
+            .map(String::as_str)
+            .unwrap_or("");
+        let kernel = s
+            .resource
+            .get("os.kernel.release")
+            .map(String::as_str)
+            .unwrap_or("");
+        let Some((_, real_kernel)) = boots.iter().find(|(b, _)| *b == boot) else {
+            bail!("span {} claims boot {boot:?}, not one of {boots:?}", s.name);
+        };
+        ensure!(
+            kernel == *real_kernel,
+            "span {} claims kernel {kernel} on boot {boot}, which ran {real_kernel}",
+            s.name
+        );
+        // A phase span (or a command under one) comes from its phase's boot.
+        let phase_id = if phase_boot.contains_key(s.span_id.as_str()) {
+            Some(s.span_id.as_str())
+        } else {
+            by_id
+                .get(s.parent_span_id.as_str())
+                .filter(|p| phase_boot.contains_key(p.span_id.as_str()))
+                .map(|p| p.span_id.as_str())
+        };
+        if let Some(p) = phase_id {
+            ensure!(
+                phase_boot[p] == boot,
+                "span {} claims boot {boot}, its phase ran on {}",
+                s.name,
+                phase_boot[p]
+            );
+        }
+        seen_boots.insert(boot);
+    }
+    ensure!(
+        seen_boots.len() == boots.len(),
+        "spans came from {seen_boots:?}, the run had {boots:?}"
+    );
+    if let Some(gap) = gap {
+        let (old_boot, new_boot) = (boots[0].0, boots[boots.len() - 1].0);
+        let early: Vec<&str> = spans
+            .iter()
+            .filter(|s| s.received < gap.after.mono)
+            .map(|s| s.name.as_str())
+            .collect();
+        for s in spans.iter().filter(|s| s.received < gap.before.mono) {
+            ensure!(
+                s.resource["ferry.boot.id"] != new_boot,
+                "span {} of the new boot arrived before the reboot",
+                s.name
+            );
+        }
+        for phase in ["preflight", "locate", "upgrade", "kernel", "dump"] {
+            ensure!(
+                early.contains(&phase),
+                "the flush before the kexec did not deliver {phase} (boot {old_boot}); before the session came back the receiver had {early:?}"
+            );
+        }
+        eprintln!(
+            "happy trip: {} spans at the receiver, {} of them flushed before the kexec",
+            spans.len(),
+            early.len()
+        );
+    }
+    eprintln!(
+        "run {run_id}: {} spans received under trace {trace_id}",
+        spans.len()
+    );
     Ok(())
 }

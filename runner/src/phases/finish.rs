@@ -11,6 +11,13 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
     if !dir.join(units::RESUME_UNIT).exists() && !dir.join(units::NETFILTER_UNIT).exists() {
         return Ok(());
     }
+    // Another run's units (a later trip, when the janitor ends this one).
+    if !units::written_for(&dir.join(units::RESUME_UNIT), &ctx.state.run_id)
+        && !units::written_for(&dir.join(units::NETFILTER_UNIT), &ctx.state.run_id)
+    {
+        tracing::info!("the installed units belong to another run; left as they are");
+        return Ok(());
+    }
     ctx.runner
         .run(&CommandSpec::new("systemctl").args([
             "disable",

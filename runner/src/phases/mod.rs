@@ -166,6 +166,6 @@ pub fn criu_error_lines(log: &str) -> Vec<String> {
 /// Record CRIU's error lines as events on the current span.
 pub fn emit_criu_errors(lines: &[String]) {
     for line in lines.iter().take(50) {
-        tracing::warn!(event.name = names::EVENT_CRIU_ERROR, line = %line, "criu error");
+        tracing::warn!(event.name = names::EVENT_CRIU_ERROR, ferry.criu.line = %line, "criu error");
     }
 }

@@ -514,15 +514,9 @@ struct ExportLock(std::fs::File);
 
 impl ExportLock {
     fn take(run: &RunDir, deadline: Instant) -> Option<ExportLock> {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(run.root.join("export.lock"))
-            .ok()?;
+        let path = run.root.join("export.lock");
         loop {
-            // SAFETY: flock on a file descriptor we own.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            if let Some(f) = crate::state::try_flock(&path, true) {
                 return Some(ExportLock(f));
             }
             if Instant::now() + Duration::from_millis(20) >= deadline {

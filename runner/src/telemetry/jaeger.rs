@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use super::names;
+
 fn u64_of(v: &Value) -> u64 {
     match v {
         Value::String(s) => s.parse().unwrap_or(0),
@@ -82,7 +84,7 @@ pub fn from_otlp_lines(text: &str) -> Value {
                     let mut ptags = tags(&attrs);
                     let service = ptags
                         .iter()
-                        .position(|t| t["key"] == "service.name")
+                        .position(|t| t["key"] == names::ATTR_SERVICE_NAME)
                         .map(|i| ptags.remove(i)["value"].as_str().unwrap_or("").to_string())
                         .unwrap_or_else(|| "unknown_service".into());
                     process_json.insert(id.clone(), json!({"serviceName": service, "tags": ptags}));
@@ -124,20 +126,20 @@ fn span(s: &Value, trace_id: &str, pid: &str, scope: &str) -> Value {
     let end = u64_of(&s["endTimeUnixNano"]).max(start);
     let mut t = tags(&s["attributes"]);
     if let Some(k) = kind_name(s["kind"].as_u64().unwrap_or(0)) {
-        t.push(string_tag("span.kind", k));
+        t.push(string_tag(names::JAEGER_TAG_SPAN_KIND, k));
     }
     if !scope.is_empty() {
-        t.push(string_tag("otel.scope.name", scope));
+        t.push(string_tag(names::JAEGER_TAG_SCOPE_NAME, scope));
     }
     match s["status"]["code"].as_u64() {
         Some(2) => {
-            t.push(json!({"key": "error", "type": "bool", "value": true}));
-            t.push(string_tag("otel.status_code", "ERROR"));
+            t.push(json!({"key": names::JAEGER_TAG_ERROR, "type": "bool", "value": true}));
+            t.push(string_tag(names::JAEGER_TAG_STATUS_CODE, "ERROR"));
             if let Some(m) = s["status"]["message"].as_str().filter(|m| !m.is_empty()) {
-                t.push(string_tag("otel.status_description", m));
+                t.push(string_tag(names::JAEGER_TAG_STATUS_DESCRIPTION, m));
             }
         }
-        Some(1) => t.push(string_tag("otel.status_code", "OK")),
+        Some(1) => t.push(string_tag(names::JAEGER_TAG_STATUS_CODE, "OK")),
         _ => {}
     }
     let references: Vec<Value> = s["parentSpanId"]

@@ -6,7 +6,7 @@
 //! Points are DELTA (each run adds its own observations): ferry's
 //! processes are short-lived, so cumulative series would restart with every
 //! process. A collector turns them into Prometheus counters with its
-//! `deltatocumulative` processor (see `dashboards/compose/otelcol.yaml`).
+//! `deltatocumulative` processor (see `dashboards/otelcol.yaml`).
 //! The resource is low-cardinality (service, version, host): the run id is
 //! on spans, not on metrics.
 
@@ -27,6 +27,8 @@ pub fn pipeline_result(result: &str) -> &'static str {
         "succeeded" => "success",
         "cancelled" => "cancellation",
         "timeout" => "timeout",
+        // The run's process ended without a result: the janitor ended it.
+        "died" => "error",
         _ => "failure",
     }
 }
@@ -276,6 +278,20 @@ mod tests {
         assert_eq!(pipeline_result("succeeded"), "success");
         assert_eq!(pipeline_result("failed"), "failure");
         assert_eq!(pipeline_result("called_off"), "failure");
+        assert_eq!(pipeline_result(crate::janitor::DIED), "error");
+    }
+
+    #[test]
+    fn the_resource_is_the_listed_one() {
+        let state = RunState::example();
+        let doc = run_metrics(&state, "failed", Some("x"), &[("dir".into(), 3)], 2);
+        let keys: Vec<&str> = doc["resourceMetrics"][0]["resource"]["attributes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, names::METRIC_RESOURCE_ATTRIBUTES);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod names;
 pub mod otlp_file;
 pub mod proto;
+pub mod reference;
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -306,6 +307,15 @@ pub fn ship_all(
     runs_dir: &std::path::Path,
     budget: std::time::Duration,
 ) -> Vec<(std::path::PathBuf, export::ExportReport)> {
+    ship_all_except(runs_dir, None, budget)
+}
+
+/// [`ship_all`] but for `except` (a run whose own processes export it).
+pub fn ship_all_except(
+    runs_dir: &std::path::Path,
+    except: Option<&std::path::Path>,
+    budget: std::time::Duration,
+) -> Vec<(std::path::PathBuf, export::ExportReport)> {
     let deadline = std::time::Instant::now() + budget;
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(runs_dir) else {
@@ -313,7 +323,7 @@ pub fn ship_all(
     };
     let mut dirs: Vec<_> = entries.flatten().map(|e| e.path()).collect();
     dirs.sort();
-    for dir in dirs {
+    for dir in dirs.into_iter().filter(|d| Some(d.as_path()) != except) {
         let run = RunDir::new(&dir);
         let Ok(state) = run.load() else { continue };
         let left = deadline.saturating_duration_since(std::time::Instant::now());

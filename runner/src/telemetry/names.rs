@@ -74,6 +74,8 @@ pub const ATTR_SPOOL_REASON: &str = "ferry.spool.reason";
 
 /// Event name for a CRIU `Error (…)` line.
 pub const EVENT_CRIU_ERROR: &str = "criu.error";
+/// The CRIU log line of a [`EVENT_CRIU_ERROR`] event.
+pub const ATTR_CRIU_LINE: &str = "ferry.criu.line";
 
 /// The pipeline name on spans and metrics.
 pub const PIPELINE_NAME: &str = "ferry upgrade";
@@ -108,6 +110,28 @@ pub const ALL_ATTRIBUTES: &[&str] = &[
     ATTR_SHIP_BACKEND,
     ATTR_SPOOL_ENTRY,
     ATTR_SPOOL_REASON,
+    ATTR_CRIU_LINE,
+];
+
+/// The resource attributes of ferry's metrics (low cardinality: no run id).
+/// The dashboards' collector turns them into labels.
+pub const METRIC_RESOURCE_ATTRIBUTES: &[&str] =
+    &[ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION, ATTR_HOST_NAME];
+
+/// Tags the Jaeger model has beyond a span's attributes: what Jaeger's own
+/// OTLP receiver (and [`super::jaeger`], for bundles) derive from the span
+/// kind, status and scope.
+pub const JAEGER_TAG_ERROR: &str = "error";
+pub const JAEGER_TAG_SPAN_KIND: &str = "span.kind";
+pub const JAEGER_TAG_STATUS_CODE: &str = "otel.status_code";
+pub const JAEGER_TAG_STATUS_DESCRIPTION: &str = "otel.status_description";
+pub const JAEGER_TAG_SCOPE_NAME: &str = "otel.scope.name";
+pub const JAEGER_TAGS: &[&str] = &[
+    JAEGER_TAG_ERROR,
+    JAEGER_TAG_SPAN_KIND,
+    JAEGER_TAG_STATUS_CODE,
+    JAEGER_TAG_STATUS_DESCRIPTION,
+    JAEGER_TAG_SCOPE_NAME,
 ];
 
 /// Every span name ferry emits (exec spans: [`SPAN_EXEC_PREFIX`] + program).
@@ -116,6 +140,14 @@ pub fn all_span_names() -> Vec<&'static str> {
     v.extend_from_slice(PHASES_BEFORE);
     v.extend_from_slice(PHASES_AFTER);
     v
+}
+
+/// Whether `name` is a span ferry emits: a fixed name, or a command
+/// ([`SPAN_EXEC_PREFIX`]) or upload ([`SPAN_SHIP_PREFIX`]) span.
+pub fn is_span_name(name: &str) -> bool {
+    all_span_names().contains(&name)
+        || name.starts_with(SPAN_EXEC_PREFIX)
+        || name.starts_with(SPAN_SHIP_PREFIX)
 }
 
 /// What kind of OTLP instrument a metric is.

@@ -94,6 +94,28 @@ impl SpanSink {
     pub fn emit_raw(&self, span: Value) {
         self.emit(span);
     }
+
+    /// [`SpanSink::emit_raw`] for a span of another process, whose resource
+    /// differs from this one's in `overrides` (its boot id and kernel).
+    pub fn emit_raw_as(&self, span: Value, overrides: &[(&str, &str)]) {
+        let mut st = self.lock();
+        let Some(mut ctx) = st.ctx.clone() else {
+            st.pending.push(span);
+            return;
+        };
+        for (k, v) in overrides {
+            match ctx.resource.iter_mut().find(|(rk, _)| rk == k) {
+                Some(slot) => slot.1 = v.to_string(),
+                None => ctx.resource.push((k.to_string(), v.to_string())),
+            }
+        }
+        if st.path.is_some() {
+            let line = wrap_resource(Some(&ctx), &span).to_string();
+            write_line(&st, &line);
+        } else {
+            st.pending.push(span);
+        }
+    }
 }
 
 fn write_line(st: &SinkState, line: &str) {
