@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use ferry_uploaders::backends::ErrorKind;
+use ferry_uploaders::backends::github::Tuning as GithubTuning;
 use ferry_uploaders::spool::EntryMeta;
 use ferry_uploaders::{
     Backend, BackendError, DirBackend, DropboxBackend, DropboxCredentials, Faulty, GithubBackend,
-    S3Backend,
+    RetryPolicy, S3Backend,
 };
 
 use crate::config::Config;
@@ -40,20 +41,42 @@ pub enum DestinationError {
 pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Opens the backend called `name` with `config`'s settings and the
-/// credentials `env` holds. Nothing is sent over the network here.
+/// credentials `env` holds, retrying with the default policy. Nothing is
+/// sent over the network here.
 pub fn open(
     name: &str,
     config: &Config,
     env: Env<'_>,
 ) -> Result<Box<dyn Backend>, DestinationError> {
+    open_with_retry(name, config, env, RetryPolicy::default())
+}
+
+/// [`open`], the remote backends retrying each of their requests under
+/// `retry` (its budget bounds how long one put may take).
+pub fn open_with_retry(
+    name: &str,
+    config: &Config,
+    env: Env<'_>,
+    retry: RetryPolicy,
+) -> Result<Box<dyn Backend>, DestinationError> {
     let backend: Box<dyn Backend> = match name {
         "dir" => Box::new(DirBackend::new(dir_root(config))?),
-        "dropbox" => Box::new(DropboxBackend::new(
-            config.ship.dropbox.clone(),
-            DropboxCredentials::from_env(env)?,
+        "dropbox" => Box::new(
+            DropboxBackend::new(
+                config.ship.dropbox.clone(),
+                DropboxCredentials::from_env(env)?,
+            )?
+            .with_retry(retry),
+        ),
+        "github" => Box::new(GithubBackend::with_tuning(
+            &config.ship.github,
+            env,
+            GithubTuning {
+                retry,
+                ..GithubTuning::default()
+            },
         )?),
-        "github" => Box::new(GithubBackend::from_env(&config.ship.github, env)?),
-        "s3" => Box::new(S3Backend::from_env(&config.ship.s3, env)?),
+        "s3" => Box::new(S3Backend::from_env(&config.ship.s3, env)?.with_retry(retry)),
         other => return Err(unknown(other)),
     };
     if config.testing.backend_down.iter().any(|d| d == name) {
@@ -106,24 +129,28 @@ type OpenedFor = (Option<PathBuf>, String);
 pub struct EntryDestinations {
     fallback: Config,
     fixed: Option<(Config, Secrets)>,
+    retry: RetryPolicy,
     cache: Mutex<HashMap<OpenedFor, Arc<dyn Backend>>>,
 }
 
 impl EntryDestinations {
-    /// For `ferry ship`: entries of runs use their runs' settings.
-    pub fn per_run(fallback: &Config) -> Self {
+    /// For `ferry ship`: entries of runs use their runs' settings; remote
+    /// backends retry under `retry`.
+    pub fn per_run(fallback: &Config, retry: RetryPolicy) -> Self {
         EntryDestinations {
             fallback: fallback.clone(),
             fixed: None,
+            retry,
             cache: Mutex::new(HashMap::new()),
         }
     }
 
     /// For the end of a run: its own settings and credentials.
-    pub fn fixed(config: &Config, secrets: Secrets) -> Self {
+    pub fn fixed(config: &Config, secrets: Secrets, retry: RetryPolicy) -> Self {
         EntryDestinations {
             fallback: config.clone(),
             fixed: Some((config.clone(), secrets)),
+            retry,
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -154,7 +181,7 @@ impl EntryDestinations {
         }
         let (config, secrets) = self.settings(meta);
         let env = |k: &str| secrets.get(k).map(str::to_string);
-        let backend: Arc<dyn Backend> = match open(dest, &config, &env) {
+        let backend: Arc<dyn Backend> = match open_with_retry(dest, &config, &env, self.retry) {
             Ok(b) => Arc::from(b),
             Err(DestinationError::Backend(e)) => return Err(e),
             Err(e) => {

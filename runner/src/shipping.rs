@@ -137,11 +137,11 @@ pub fn ship_all(
 ) -> Result<ShipSummary, SpoolError> {
     let spool = open(config)?;
     let _lock = spool.lock_drain(&holder("ferry ship"), wait, on_wait)?;
-    let destinations = EntryDestinations::per_run(config);
     let retry = RetryPolicy {
         budget: Duration::from_secs(config.spool.retry_budget_secs),
         ..RetryPolicy::default()
     };
+    let destinations = EntryDestinations::per_run(config, retry);
     let mut opts = drain_options(config, retry);
     opts.include_parked = include_parked;
     let start = ids::now_unix_nano();

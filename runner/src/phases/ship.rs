@@ -73,8 +73,9 @@ pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<ShipRecord, PhaseError> {
         spool_entry: Some(committed.entry.meta.id.clone()),
         ..ShipRecord::default()
     };
-    let destinations = EntryDestinations::fixed(ctx.config, secrets);
-    let opts = shipping::drain_options(ctx.config, shipping::run_end_retry(ctx.config));
+    let retry = shipping::run_end_retry(ctx.config);
+    let destinations = EntryDestinations::fixed(ctx.config, secrets, retry);
+    let opts = shipping::drain_options(ctx.config, retry);
     let report = spool
         .drain_committed(committed, &opts, &|m, d| destinations.resolve(m, d))
         .map_err(|e| PhaseError::new("spool", e.to_string()))?;

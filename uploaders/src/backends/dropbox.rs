@@ -259,6 +259,10 @@ impl DropboxBackend {
 }
 
 impl Backend for DropboxBackend {
+    fn retries_itself(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         NAME
     }

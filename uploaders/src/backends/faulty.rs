@@ -16,6 +16,8 @@ pub struct Faulty {
     fail_first: u64,
     kind: ErrorKind,
     puts: AtomicU64,
+    /// Says it retries its own requests, as the remote backends do.
+    retries_itself: bool,
 }
 
 impl Faulty {
@@ -28,6 +30,7 @@ impl Faulty {
             fail_first: 0,
             kind: ErrorKind::Unavailable,
             puts: AtomicU64::new(0),
+            retries_itself: false,
         }
     }
 
@@ -46,6 +49,12 @@ impl Faulty {
     /// Goes by another name (two stores of one kind as two destinations).
     pub fn named(mut self, name: &str) -> Self {
         self.name = name.to_string();
+        self
+    }
+
+    /// Claims to retry its own requests, like the remote backends.
+    pub fn retrying_itself(mut self) -> Self {
+        self.retries_itself = true;
         self
     }
 
@@ -85,6 +94,10 @@ impl Backend for Faulty {
 
     fn list(&self, prefix: &str) -> Result<Vec<RemoteObject>, BackendError> {
         self.inner.list(prefix)
+    }
+
+    fn retries_itself(&self) -> bool {
+        self.retries_itself || self.inner.retries_itself()
     }
 
     fn get(&self, key: &str, dest: &Path) -> Result<(), BackendError> {

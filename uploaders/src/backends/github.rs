@@ -687,6 +687,10 @@ fn parse_time(t: Option<&str>) -> SystemTime {
 }
 
 impl Backend for GithubBackend {
+    fn retries_itself(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         NAME
     }

@@ -43,6 +43,13 @@ pub trait Backend: Send + Sync {
     /// A URL or path a person can open to see the object, if the backend
     /// has such a thing.
     fn share(&self, key: &str) -> Result<Option<String>, BackendError>;
+
+    /// Whether the backend retries its own requests (each chunk or call
+    /// under its [`crate::RetryPolicy`]). A caller must not wrap such a put
+    /// in a retry loop of its own: the waits would multiply.
+    fn retries_itself(&self) -> bool {
+        false
+    }
 }
 
 /// Proof that an object was stored.

@@ -141,6 +141,10 @@ impl S3Backend {
 }
 
 impl Backend for S3Backend {
+    fn retries_itself(&self) -> bool {
+        true
+    }
+
     fn name(&self) -> &str {
         NAME
     }

@@ -392,7 +392,14 @@ fn put_one(
         let backend = resolve(meta, dest)?;
         failpoint::hit("drain.put.begin");
         let what = format!("put {} to {dest}", meta.key);
-        let receipt = opts.retry.run(&what, |n| {
+        // A backend that retries its own requests got the budget when it
+        // was opened; retrying its whole put again would multiply the waits.
+        let policy = if backend.retries_itself() {
+            RetryPolicy::once()
+        } else {
+            opts.retry
+        };
+        let receipt = policy.run(&what, |n| {
             attempts = n;
             backend.put(&meta.key, &status.data_path())
         })?;

@@ -188,6 +188,30 @@ fn partial_acks_are_kept_and_only_the_missing_destination_is_retried() {
     assert!(names_in(&f.spool.trash_dir()).is_empty());
 }
 
+/// Regression: the drain retried whole puts of backends that retry each
+/// of their own requests, so the waits multiplied (a 60 s budget became
+/// minutes). Such a backend gets one put per drain.
+#[test]
+fn a_backend_that_retries_itself_is_put_once_per_drain() {
+    let f = fixture(Limits::default());
+    let b = Arc::new(
+        Faulty::new(Box::new(DirBackend::new(&f.stores[0]).unwrap()))
+            .named("remote")
+            .retrying_itself()
+            .fail_first(1, ErrorKind::Unavailable),
+    );
+    let b2 = b.clone();
+    let resolve =
+        move |_: &EntryMeta, _: &str| -> Result<Arc<dyn Backend>, BackendError> { Ok(b2.clone()) };
+    spool_bytes(&f.spool, "h/r.tar.gz", b"r", &["remote"]);
+    let r = f.spool.drain(&opts(), &resolve).unwrap();
+    assert_eq!(r.entries[0].failed[0].attempts, 1, "{r:?}");
+    assert_eq!(b.puts(), 1);
+    let r = f.spool.drain(&opts(), &resolve).unwrap();
+    assert!(r.entries[0].removed, "{r:?}");
+    assert_eq!(b.puts(), 2);
+}
+
 #[test]
 fn permanent_failures_park_until_retry() {
     let f = fixture(Limits::default());
