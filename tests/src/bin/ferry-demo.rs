@@ -64,6 +64,10 @@ fn main() -> Result<()> {
     std::fs::copy(&bundle, &kept)?;
     let trace = out.join("trace.jsonl");
     std::fs::copy(dir.join("trace/otlp.jsonl"), &trace)?;
+    let jaeger = out.join("jaeger.json");
+    std::fs::copy(dir.join("trace/jaeger.json"), &jaeger)?;
+    let report = out.join("report.html");
+    std::fs::copy(dir.join("report.html"), &report)?;
     println!();
     println!(
         "demo: the same ssh connection went from {} to {}",
@@ -77,6 +81,14 @@ fn main() -> Result<()> {
     println!(
         "demo: trace (OTLP/JSON lines, both boots, one trace id): {}",
         trace.display()
+    );
+    println!(
+        "demo: the same trace for Jaeger's UI (Search > JSON File, no backend needed): {}",
+        jaeger.display()
+    );
+    println!(
+        "demo: the run's timeline, to open in a browser: {}",
+        report.display()
     );
     guest.finish()?;
     Ok(())
