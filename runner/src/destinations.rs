@@ -4,9 +4,8 @@
 //! This is the only place that knows which backends exist; `ship`, `pull`
 //! and the spool only ever hold a `dyn Backend`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ferry_uploaders::backends::ErrorKind;
 use ferry_uploaders::backends::github::Tuning as GithubTuning;
@@ -118,19 +117,14 @@ fn unknown(name: &str) -> DestinationError {
     }
 }
 
-/// A backend opened for one run (or none) and destination name.
-type OpenedFor = (Option<PathBuf>, String);
-
 /// Opens the destinations of spool entries: an entry made by a run uses
 /// that run's plan and saved credentials (the timer's `ferry ship` has
 /// neither the job's environment nor its flags), any other entry this
-/// process's. Each backend is opened once per run and shared by the
-/// drain's threads.
+/// process's. A backend is opened for each put (see [`Self::resolve`]).
 pub struct EntryDestinations {
     fallback: Config,
     fixed: Option<(Config, Secrets)>,
     retry: RetryPolicy,
-    cache: Mutex<HashMap<OpenedFor, Arc<dyn Backend>>>,
 }
 
 impl EntryDestinations {
@@ -141,7 +135,6 @@ impl EntryDestinations {
             fallback: fallback.clone(),
             fixed: None,
             retry,
-            cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -151,7 +144,6 @@ impl EntryDestinations {
             fallback: config.clone(),
             fixed: Some((config.clone(), secrets)),
             retry,
-            cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -164,7 +156,9 @@ impl EntryDestinations {
             if let Ok(state) = run.load()
                 && let Ok(plan) = crate::trip::plan_of(&run, &state)
             {
-                return (plan, Secrets::for_run(&run));
+                // The run's own credentials, not whichever job runs
+                // `ferry ship` now: its token would be another run's.
+                return (plan, Secrets::saved_first(&run));
             }
         }
         (
@@ -173,15 +167,14 @@ impl EntryDestinations {
         )
     }
 
-    /// The backend `dest` for `meta`.
+    /// The backend `dest` for one put of `meta`: opened for this put, so
+    /// every request it makes shares one deadline, the retry budget from
+    /// now (opening sends nothing).
     pub fn resolve(&self, meta: &EntryMeta, dest: &str) -> Result<Arc<dyn Backend>, BackendError> {
-        let key = (meta.origin.run_dir.clone(), dest.to_string());
-        if let Some(b) = self.cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
-            return Ok(b);
-        }
         let (config, secrets) = self.settings(meta);
         let env = |k: &str| secrets.get(k).map(str::to_string);
-        let backend: Arc<dyn Backend> = match open_with_retry(dest, &config, &env, self.retry) {
+        let retry = self.retry.from_now();
+        let backend: Arc<dyn Backend> = match open_with_retry(dest, &config, &env, retry) {
             Ok(b) => Arc::from(b),
             Err(DestinationError::Backend(e)) => return Err(e),
             Err(e) => {
@@ -193,9 +186,6 @@ impl EntryDestinations {
                 ));
             }
         };
-        if let Ok(mut c) = self.cache.lock() {
-            c.insert(key, backend.clone());
-        }
         Ok(backend)
     }
 }

@@ -97,7 +97,11 @@ pub fn conclude(
     let export = crate::telemetry::export::ExportConfig::for_run(ctx.run, &ctx.state.otel);
     // A bundle that waits in the spool needs the credentials for
     // `ferry ship`, which deletes them once it is out.
-    if ship.as_ref().is_none_or(|r| r.waiting.is_empty()) {
+    // The spool is asked, not the record: an entry published by a ship
+    // phase that then failed still waits and needs them.
+    if ship.as_ref().is_none_or(|r| r.waiting.is_empty())
+        && !crate::shipping::spool_holds_run(ctx.config, &ctx.run.root)
+    {
         crate::secrets::Secrets::forget(ctx.run);
     }
     if let Err(e) = ctx.run.save_outcome(&outcome) {

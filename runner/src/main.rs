@@ -546,6 +546,13 @@ fn ship_cmd(
     for id in &r.busy {
         eprintln!("ferry: {id} is in use by another ferry process; left for it");
     }
+    for e in &r.errors {
+        eprintln!(
+            "ferry: {}: {} (left for the next drain)",
+            if e.id.is_empty() { "spool" } else { &e.id },
+            e.error
+        );
+    }
     let shipped = r.entries.iter().filter(|e| e.removed).count();
     let spans: usize = summary.spans.iter().map(|(_, x)| x.spans_sent).sum();
     eprintln!(
@@ -566,7 +573,7 @@ fn ship_cmd(
             "ferry: {quarantined} damaged entries are in quarantine: `ferry spool list` shows why; `ferry spool drop ID` once looked at"
         );
     }
-    Ok(if r.depth == 0 && quarantined == 0 {
+    Ok(if r.depth == 0 && quarantined == 0 && r.errors.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

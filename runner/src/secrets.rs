@@ -15,6 +15,10 @@ use crate::state::RunDir;
 
 const FILE: &str = "secrets.json";
 
+/// Shorter header values (`1`, `on`) are not secrets worth masking
+/// everywhere they would match.
+const MIN_REDACTED_LEN: usize = 6;
+
 #[derive(Default, Clone)]
 pub struct Secrets(BTreeMap<String, String>);
 
@@ -50,14 +54,44 @@ impl Secrets {
         s
     }
 
-    /// The secret values (to redact); the backends' plain variables are
-    /// not among them.
+    /// For a run's spool entries: the credentials the run saved, and only
+    /// those when it saved any (a later job's token would be another run's,
+    /// or another account's); this process's environment otherwise.
+    pub fn saved_first(run: &RunDir) -> Self {
+        match std::fs::read(run.root.join(FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<BTreeMap<String, String>>(&b).ok())
+        {
+            Some(saved) => Secrets(saved),
+            None => Secrets::from_env(&|k| std::env::var(k).ok()),
+        }
+    }
+
+    /// The secret values to redact, in every form they may travel in: as
+    /// set, trimmed (the backends send them trimmed), and for OTLP header
+    /// variables each header's decoded value (the real API key). The
+    /// backends' plain variables are not among them.
     pub fn values(&self) -> Vec<String> {
-        self.0
+        let mut out = Vec::new();
+        for (k, v) in self
+            .0
             .iter()
             .filter(|(k, _)| SECRET_VARS.contains(&k.as_str()))
-            .map(|(_, v)| v.clone())
-            .collect()
+        {
+            out.push(v.clone());
+            let t = v.trim();
+            if t != v && !t.is_empty() {
+                out.push(t.to_string());
+            }
+            if k.starts_with("OTEL_EXPORTER_OTLP_") {
+                for (_, value) in crate::telemetry::export::parse_headers(v) {
+                    if value.len() >= MIN_REDACTED_LEN && !out.contains(&value) {
+                        out.push(value);
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -130,6 +164,43 @@ mod tests {
         let back = Secrets::for_run(&run);
         assert_eq!(back.get("AWS_ACCESS_KEY_ID"), Some("AKIAPLAIN"));
         assert_eq!(back.values(), ["s3cr3t"]);
+    }
+
+    /// Regression: only the raw values were redacted, but backends send
+    /// them trimmed and OTLP headers travel decoded.
+    #[test]
+    fn secrets_are_redacted_trimmed_and_header_values_decoded() {
+        let s = Secrets::from_env(&|k| match k {
+            "DROPBOX_TOKEN" => Some("sl.tok-123\n".into()),
+            "OTEL_EXPORTER_OTLP_HEADERS" => Some("x-honeycomb-team=hc%2Bkey-987,x-flag=on".into()),
+            _ => None,
+        });
+        let v = s.values();
+        assert!(v.contains(&"sl.tok-123".to_string()), "{v:?}");
+        assert!(v.contains(&"sl.tok-123\n".to_string()), "{v:?}");
+        assert!(v.contains(&"hc+key-987".to_string()), "{v:?}");
+        assert!(!v.contains(&"on".to_string()), "{v:?}");
+    }
+
+    /// Regression: `ferry ship` paired a run's entry with the credentials
+    /// of whatever job ran it.
+    #[test]
+    fn a_runs_saved_credentials_win_over_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        Secrets::from_env(&|k| (k == "GITHUB_TOKEN").then(|| "ghp_saved_for_run".to_string()))
+            .save(&run)
+            .unwrap();
+        let s = Secrets::saved_first(&run);
+        assert_eq!(s.get("GITHUB_TOKEN"), Some("ghp_saved_for_run"));
+        assert_eq!(s.get("PATH"), None);
+        // Nothing saved: this process's environment.
+        let other = tempfile::tempdir().unwrap();
+        let none = Secrets::saved_first(&RunDir::new(other.path()));
+        assert_eq!(
+            none.get("GITHUB_TOKEN").map(str::to_string),
+            std::env::var("GITHUB_TOKEN").ok().filter(|v| !v.is_empty())
+        );
     }
 
     #[test]

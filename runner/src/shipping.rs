@@ -157,6 +157,17 @@ pub fn ship_all(
     })
 }
 
+/// Whether an entry of the run at `run_root` waits in the spool (or the
+/// spool cannot be read, when the answer must be "maybe": yes).
+pub fn spool_holds_run(config: &Config, run_root: &std::path::Path) -> bool {
+    match open(config).and_then(|s| s.entries()) {
+        Ok(entries) => entries
+            .iter()
+            .any(|e| e.meta.origin.run_dir.as_deref() == Some(run_root)),
+        Err(_) => true,
+    }
+}
+
 /// The run directories spool entries came from.
 fn run_dirs_of(spool: &Spool) -> BTreeSet<PathBuf> {
     spool

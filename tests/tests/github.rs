@@ -26,6 +26,7 @@ fn tuning() -> Tuning {
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(50),
             budget: Duration::from_secs(30),
+            deadline: None,
         },
         // Long enough that a loaded CI machine does not time out a healthy
         // request (a spurious retry of CreateArtifact would spend a name),

@@ -43,6 +43,7 @@ fn fast_retry() -> RetryPolicy {
         base_delay: Duration::from_millis(20),
         max_delay: Duration::from_millis(200),
         budget: Duration::from_secs(60),
+        deadline: None,
     }
 }
 

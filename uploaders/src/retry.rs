@@ -22,6 +22,10 @@ pub struct RetryPolicy {
     /// Wall-clock budget of all attempts and waits together. A wait that
     /// would end past it is not taken: the last error is returned instead.
     pub budget: Duration,
+    /// An end shared by every [`run`](Self::run) of this policy (and of its
+    /// copies): one put is many retried requests, and they must all fit in
+    /// one budget, not each in its own ([`until`](Self::until)).
+    pub deadline: Option<Instant>,
 }
 
 impl Default for RetryPolicy {
@@ -31,6 +35,7 @@ impl Default for RetryPolicy {
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
             budget: Duration::from_secs(300),
+            deadline: None,
         }
     }
 }
@@ -54,6 +59,23 @@ impl RetryPolicy {
         RetryPolicy {
             max_attempts: 1,
             ..RetryPolicy::default()
+        }
+    }
+
+    /// This policy with every run ending by `deadline` at the latest.
+    pub fn until(self, deadline: Instant) -> Self {
+        RetryPolicy {
+            deadline: Some(deadline),
+            ..self
+        }
+    }
+
+    /// This policy with one deadline, `budget` from now, for all its runs.
+    pub fn from_now(self) -> Self {
+        let end = Instant::now().checked_add(self.budget);
+        RetryPolicy {
+            deadline: end.or(self.deadline),
+            ..self
         }
     }
 
@@ -86,6 +108,11 @@ impl RetryPolicy {
         on_retry: &mut dyn FnMut(&RetryEvent<'_>),
     ) -> Result<T, BackendError> {
         let start = Instant::now();
+        let own_end = start.checked_add(self.budget);
+        let end = match (own_end, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let mut attempt = 1;
         loop {
             let err = match op(attempt) {
@@ -96,7 +123,11 @@ impl RetryPolicy {
                 return Err(err);
             }
             let wait = self.delay(attempt, err.retry_after());
-            if start.elapsed() + wait > self.budget {
+            let past_end = match end {
+                Some(end) => Instant::now().checked_add(wait).is_none_or(|t| t > end),
+                None => false,
+            };
+            if past_end {
                 return Err(err);
             }
             on_retry(&RetryEvent {
@@ -139,6 +170,7 @@ mod tests {
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(4),
             budget: Duration::from_secs(5),
+            deadline: None,
         }
     }
 
@@ -221,6 +253,62 @@ mod tests {
         assert_eq!(calls, 1);
         assert_eq!(e.retry_after(), Some(asked));
         assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    /// Regression: each run started its own budget, so a put made of many
+    /// retried requests could take many budgets. A shared deadline ends
+    /// them all.
+    #[test]
+    fn a_shared_deadline_ends_every_run_of_the_policy() {
+        let p = RetryPolicy {
+            max_attempts: 1000,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(20),
+            budget: Duration::from_secs(60),
+            deadline: None,
+        }
+        .until(Instant::now() + Duration::from_millis(300));
+        let t = Instant::now();
+        let mut calls = 0;
+        for _ in 0..5 {
+            let _ = p.run_with(
+                "op",
+                |_| -> Result<(), _> {
+                    calls += 1;
+                    Err(err(ErrorKind::Unavailable))
+                },
+                &mut |_| {},
+            );
+        }
+        // Five runs of one policy share the 300 ms: not 5 × 60 s.
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert!(calls >= 5, "every run tries once: {calls}");
+        // Past the deadline a run tries once and gives up.
+        let mut once = 0;
+        let _ = p.run_with(
+            "op",
+            |_| -> Result<(), _> {
+                once += 1;
+                Err(err(ErrorKind::Unavailable))
+            },
+            &mut |_| {},
+        );
+        assert_eq!(once, 1);
+    }
+
+    #[test]
+    fn a_huge_retry_after_does_not_overflow() {
+        let mut calls = 0;
+        let r = fast().run_with(
+            "op",
+            |_| -> Result<(), _> {
+                calls += 1;
+                Err(err(ErrorKind::RateLimited).with_retry_after(Duration::from_secs(u64::MAX)))
+            },
+            &mut |_| {},
+        );
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
     }
 
     #[test]

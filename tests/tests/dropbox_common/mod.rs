@@ -36,6 +36,7 @@ pub fn fast_retry() -> RetryPolicy {
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(100),
         budget: Duration::from_secs(60),
+        deadline: None,
     }
 }
 

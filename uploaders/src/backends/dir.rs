@@ -13,7 +13,6 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{
     Backend, BackendError, CopyError, ErrorKind, Receipt, RemoteObject, TMP_PREFIX, copy_hashed,
@@ -26,7 +25,6 @@ const NAME: &str = "dir";
 #[derive(Debug)]
 pub struct DirBackend {
     root: PathBuf,
-    counter: AtomicU64,
 }
 
 impl DirBackend {
@@ -68,10 +66,7 @@ impl DirBackend {
         let root = fs::canonicalize(&root).map_err(|e| {
             BackendError::from_io(NAME, format!("cannot resolve root {}", root.display()), e)
         })?;
-        Ok(DirBackend {
-            root,
-            counter: AtomicU64::new(0),
-        })
+        Ok(DirBackend { root })
     }
 
     /// The (canonical) root directory.
@@ -81,12 +76,6 @@ impl DirBackend {
 
     fn path_of(&self, key: &str) -> PathBuf {
         self.root.join(key)
-    }
-
-    fn tmp_beside(&self, target: &Path) -> PathBuf {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{TMP_PREFIX}-{}-{n}", std::process::id());
-        target.with_file_name(name)
     }
 
     fn io_err(&self, what: String, e: io::Error) -> BackendError {
@@ -146,7 +135,7 @@ impl DirBackend {
         dest: &Path,
         mode: u32,
     ) -> Result<(PathBuf, u64, String), BackendError> {
-        let tmp = self.tmp_beside(dest);
+        let tmp = super::tmp_beside(dest);
         let mut out = OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -19,7 +19,6 @@ mod upload;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
@@ -33,7 +32,7 @@ use self::api::{Api, progress_to};
 use self::auth::Auth;
 use self::content_hash::ContentHasher;
 use super::http::{self, Timeouts};
-use super::{Backend, BackendError, ErrorKind, Receipt, RemoteObject, TMP_PREFIX, validate_key};
+use super::{Backend, BackendError, ErrorKind, Receipt, RemoteObject, validate_key};
 use crate::progress::Progress;
 use crate::retry::RetryPolicy;
 
@@ -48,7 +47,6 @@ pub struct DropboxBackend {
     cfg: DropboxConfig,
     api: Api,
     retry: RetryPolicy,
-    tmp_counter: AtomicU64,
 }
 
 impl std::fmt::Debug for DropboxBackend {
@@ -71,12 +69,7 @@ impl DropboxBackend {
         let retry = RetryPolicy::default();
         let auth = Auth::new(creds, &cfg.api_url, client.clone(), timeouts, retry);
         let api = Api::new(client, &cfg.api_url, &cfg.content_url, timeouts, auth);
-        Ok(DropboxBackend {
-            cfg,
-            api,
-            retry,
-            tmp_counter: AtomicU64::new(0),
-        })
+        Ok(DropboxBackend { cfg, api, retry })
     }
 
     /// Retries every call (and token refresh) with `retry`.
@@ -195,8 +188,7 @@ impl DropboxBackend {
         dest: &Path,
         progress: &Progress,
     ) -> Result<(), BackendError> {
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = dest.with_file_name(format!("{TMP_PREFIX}-{}-{n}", std::process::id()));
+        let tmp = super::tmp_beside(dest);
         let result = (|| {
             let mut out = OpenOptions::new()
                 .write(true)

@@ -28,8 +28,7 @@ mod unpack;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use reqwest::Url;
@@ -39,9 +38,7 @@ use reqwest::header::HeaderValue;
 pub use config::{GithubConfig, MAX_RETENTION_DAYS};
 
 use super::http::{self, Timeouts};
-use super::{
-    Backend, BackendError, ErrorKind, Receipt, RemoteObject, TMP_PREFIX, hash_file, validate_key,
-};
+use super::{Backend, BackendError, ErrorKind, Receipt, RemoteObject, hash_file, validate_key};
 use crate::progress::Progress;
 use crate::retry::RetryPolicy;
 
@@ -118,7 +115,6 @@ pub struct GithubBackend {
     run_id: Option<u64>,
     /// `GITHUB_RETENTION_DAYS`: the most the repository allows.
     retention_cap: Option<u32>,
-    counter: AtomicU64,
 }
 
 impl std::fmt::Debug for GithubBackend {
@@ -339,7 +335,6 @@ impl GithubBackend {
             repository,
             run_id,
             retention_cap,
-            counter: AtomicU64::new(0),
         })
     }
 
@@ -587,11 +582,6 @@ impl GithubBackend {
         )
     }
 
-    fn tmp_beside(&self, dest: &Path) -> PathBuf {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        dest.with_file_name(format!("{TMP_PREFIX}-github-{}-{n}", std::process::id()))
-    }
-
     /// Downloads `found` into the new file `tmp`, checked against its
     /// digest; retried as a whole, since a redirect's URL lives a minute.
     fn fetch(&self, found: &Found, tmp: &Path) -> Result<(), BackendError> {
@@ -778,8 +768,8 @@ impl Backend for GithubBackend {
         validate_key(NAME, key)?;
         let found = self.find(key)?;
         let _span = tracing::info_span!("github_get", key, artifact = found.name()).entered();
-        let raw = self.tmp_beside(dest);
-        let unpacked = self.tmp_beside(dest);
+        let raw = super::tmp_beside(dest);
+        let unpacked = super::tmp_beside(dest);
         let result = (|| {
             self.fetch(&found, &raw)?;
             let ready = match unpack::sniff(&raw)? {

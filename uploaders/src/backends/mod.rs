@@ -349,6 +349,21 @@ pub(crate) fn copy_hashed(
     Ok((n, hex::encode(h.finalize())))
 }
 
+/// A temporary file beside `target` (same directory, so a rename is
+/// atomic): `.ferry-tmp-<pid>-<n>-<random>`, `n` counted for the whole
+/// process — two backend instances in one process (a drain opens one per
+/// put) must never pick the same name — and the random part so a leftover
+/// of a crashed process of an earlier boot with the same pid is not hit.
+pub(crate) fn tmp_beside(target: &Path) -> std::path::PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    target.with_file_name(format!(
+        "{TMP_PREFIX}-{}-{n}-{:08x}",
+        std::process::id(),
+        fastrand::u32(..)
+    ))
+}
+
 /// Prefix of the temporary files backends write before renaming.
 pub(crate) const TMP_PREFIX: &str = ".ferry-tmp";
 
@@ -378,6 +393,23 @@ mod tests {
             assert!(!e.is_transient());
         }
         assert!(validate_key("t", &"a".repeat(1025)).is_err());
+    }
+
+    /// Regression: each backend instance counted its temporary names from
+    /// 0, so two instances in one process (one per put in a drain) collided
+    /// and the second put failed as a permanent conflict.
+    #[test]
+    fn temporary_names_never_repeat_in_a_process() {
+        let t = Path::new("/x/bundle.tar.gz");
+        let names: std::collections::BTreeSet<_> = (0..1000).map(|_| tmp_beside(t)).collect();
+        assert_eq!(names.len(), 1000);
+        assert!(names.iter().all(|n| {
+            n.parent() == t.parent()
+                && n.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(TMP_PREFIX)
+        }));
     }
 
     #[test]

@@ -27,7 +27,7 @@ mod sigv4;
 mod xml;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -61,7 +61,6 @@ pub struct S3Backend {
     /// first put: some services create missing buckets on PUT, others
     /// answer a PUT's body early and the reason is lost).
     bucket_seen: AtomicBool,
-    counter: AtomicU64,
 }
 
 impl std::fmt::Debug for S3Backend {
@@ -99,7 +98,6 @@ impl S3Backend {
             retry: RetryPolicy::default(),
             conditional: AtomicBool::new(true),
             bucket_seen: AtomicBool::new(false),
-            counter: AtomicU64::new(0),
         })
     }
 
@@ -131,12 +129,6 @@ impl S3Backend {
             None if self.cfg.bucket_path.is_empty() => "/".to_string(),
             None => self.cfg.bucket_path.clone(),
         }
-    }
-
-    fn tmp_beside(&self, dest: &Path) -> std::path::PathBuf {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}-{}-{n}", super::TMP_PREFIX, std::process::id());
-        dest.with_file_name(name)
     }
 }
 

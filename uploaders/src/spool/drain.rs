@@ -82,6 +82,16 @@ pub struct DrainReport {
     pub newer: Vec<String>,
     /// Entries left in the spool afterwards.
     pub depth: usize,
+    /// Entries the drain could not handle (an I/O error on one of them):
+    /// left where they are for the next drain; the others went on.
+    pub errors: Vec<EntryError>,
+}
+
+/// One entry's error during a drain.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryError {
+    pub id: String,
+    pub error: String,
 }
 
 impl DrainReport {
@@ -134,7 +144,13 @@ impl Spool {
                         Err(entry::Bad::Corrupt(reason))
                             if std::fs::symlink_metadata(&path).is_ok() =>
                         {
-                            report.quarantined.push(self.quarantine(&name, &reason)?);
+                            match self.quarantine(&name, &reason) {
+                                Ok(q) => report.quarantined.push(q),
+                                Err(e) => report.errors.push(EntryError {
+                                    id: name.clone(),
+                                    error: e.to_string(),
+                                }),
+                            }
                         }
                         Ok(_) => queue.push_back(name),
                         Err(_) => {}
@@ -167,7 +183,19 @@ impl Spool {
         let mut results = results.into_inner().unwrap_or_default();
         results.sort_by(|a, b| a.0.cmp(&b.0));
         for (id, outcome) in results {
-            match outcome? {
+            // One entry's I/O error must not hide what the others did.
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(entry = %id, "spool entry left for the next drain: {e}");
+                    report.errors.push(EntryError {
+                        id,
+                        error: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            match outcome {
                 Taken::Busy => report.busy.push(id),
                 Taken::Gone => {}
                 Taken::Done(e) => {
@@ -178,7 +206,13 @@ impl Spool {
                 }
             }
         }
-        report.evicted = self.enforce_cap(None)?;
+        match self.enforce_cap(None) {
+            Ok(ev) => report.evicted = ev,
+            Err(e) => report.errors.push(EntryError {
+                id: String::new(),
+                error: format!("the size cap could not be enforced: {e}"),
+            }),
+        }
         report.depth = self.depth()?;
         Ok(report)
     }
@@ -437,13 +471,11 @@ fn put_one(
             if let Err(e) = write_record(&status.path, &entry::ack_name(dest), &ack) {
                 // The data is there, but without a durable ack the next
                 // drain puts it again (the backend recognises it).
+                // Transient either way: parking would stop the drain that
+                // confirms the upload once there is room again.
                 let e = BackendError::new(
                     dest,
-                    if super::error::is_no_space(&e) {
-                        ErrorKind::NoSpace
-                    } else {
-                        ErrorKind::Unavailable
-                    },
+                    ErrorKind::Unavailable,
                     format!(
                         "{} reached {dest} but its acknowledgement could not be written to {}: {e}",
                         meta.key,

@@ -43,7 +43,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-pub use drain::{DrainOptions, DrainReport, EntryReport, Resolve, attempts_text};
+pub use drain::{DrainOptions, DrainReport, EntryError, EntryReport, Resolve, attempts_text};
 pub use entry::{
     Ack, ENTRY_FORMAT, EntryMeta, EntryStatus, Failure, Origin, valid_destination, valid_id,
 };

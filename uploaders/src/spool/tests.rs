@@ -33,6 +33,7 @@ fn opts() -> DrainOptions {
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(2),
             budget: Duration::from_secs(5),
+            deadline: None,
         },
         include_parked: false,
     }

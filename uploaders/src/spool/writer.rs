@@ -41,6 +41,9 @@ pub struct Committed {
     pub lock: EntryLock,
     /// What the size cap made room by removing.
     pub evicted: Vec<Evicted>,
+    /// What failed after the entry was published (it exists and will be
+    /// drained; these are for the log, never a reason to give it up).
+    pub warnings: Vec<String>,
 }
 
 impl EntryWriter {
@@ -168,15 +171,26 @@ impl EntryWriter {
         // From here the entry exists: Drop must not remove anything.
         let lock = self.lock.take();
         failpoint::hit("spool.commit.renamed");
+        // Past the rename an error must not make the caller believe there
+        // is no entry: it is there and will be drained.
+        let mut warnings = Vec::new();
         let entries = self.spool.entries_dir();
-        fsync_dir(&entries).map_err(|e| SpoolError::io("fsync", &entries, e))?;
+        if let Err(e) = fsync_dir(&entries) {
+            warnings.push(SpoolError::io("fsync", &entries, e).to_string());
+        }
         let _ = fsync_dir(&self.spool.tmp_dir());
         failpoint::hit("spool.commit.published");
         tracing::debug!(id = %self.id, key = %self.key, size = self.size, "spooled");
         let lock = lock.ok_or_else(|| SpoolError::InUse {
             id: self.id.clone(),
         })?;
-        let evicted = self.spool.enforce_cap(Some(&self.id))?;
+        let evicted = self.spool.enforce_cap(Some(&self.id)).unwrap_or_else(|e| {
+            warnings.push(format!("the size cap could not be enforced: {e}"));
+            Vec::new()
+        });
+        for w in &warnings {
+            tracing::warn!(id = %self.id, "spool entry published, but {w}");
+        }
         Ok(Committed {
             entry: EntryStatus {
                 meta,
@@ -186,6 +200,7 @@ impl EntryWriter {
             },
             lock,
             evicted,
+            warnings,
         })
     }
 }

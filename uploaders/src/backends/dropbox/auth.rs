@@ -271,7 +271,8 @@ impl Auth {
             }
             Err(self.oauth_error(what, status, &headers, &bytes))
         })?;
-        let life = Duration::from_secs(reply.expires_in.unwrap_or(14_400));
+        // The server's lifetime, within sane bounds (new tokens live 4 h).
+        let life = Duration::from_secs(reply.expires_in.unwrap_or(14_400).min(30 * 24 * 3600));
         let token = Secret::new(reply.access_token);
         *slot = Some(Access {
             token: token.clone(),

@@ -142,7 +142,8 @@ impl Answer {
         let body_wait = error
             .get("retry_after")
             .and_then(Value::as_u64)
-            .map(Duration::from_secs);
+            // A server's number: capped like the header's (a day).
+            .map(|s| Duration::from_secs(s.min(24 * 3600)));
         Answer {
             status,
             tags,
@@ -317,8 +318,10 @@ fn route_classify(a: &Answer) -> (ErrorKind, String, String) {
             "give the app write access to ship.dropbox.folder".into(),
         )
     } else if t("content_hash_mismatch") {
+        // The bytes are checked before a put (the spool verifies its
+        // data), so a mismatch is damage on the way: worth another try.
         (
-            ErrorKind::Other,
+            ErrorKind::Unavailable,
             "Dropbox received different bytes than ferry hashed".into(),
             "the bundle changed while it was uploaded, or the network corrupts data; ship it again"
                 .into(),
@@ -365,6 +368,15 @@ mod tests {
             tag_chain(&json!({".tag":"path","path":"not_found"})),
             ["path", "not_found"]
         );
+    }
+
+    /// Regression: a body's `retry_after` was taken uncapped, and the
+    /// retry loop's clock arithmetic overflowed on it (a panic).
+    #[test]
+    fn an_absurd_retry_after_is_capped() {
+        let body = br#"{"error":{"reason":{".tag":"too_many_requests"},"retry_after":18446744073709551615}}"#;
+        let a = Answer::parse(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), body);
+        assert_eq!(a.retry_after, Some(Duration::from_secs(24 * 3600)));
     }
 
     #[test]

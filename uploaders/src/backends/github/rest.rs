@@ -263,9 +263,12 @@ fn rate_limit_reset(headers: &HeaderMap) -> Option<Duration> {
         .ok()?
         .parse()
         .ok()?;
-    (UNIX_EPOCH + Duration::from_secs(reset))
+    // A header's number: an absurd one must not overflow the clock.
+    UNIX_EPOCH
+        .checked_add(Duration::from_secs(reset))?
         .duration_since(SystemTime::now())
         .ok()
+        .map(|d| d.min(Duration::from_secs(24 * 3600)))
 }
 
 #[cfg(test)]
@@ -282,6 +285,27 @@ mod tests {
             RetryPolicy::once(),
             Timeouts::default(),
         )
+    }
+
+    /// Regression: a huge `x-ratelimit-reset` overflowed the clock (panic).
+    #[test]
+    fn an_absurd_rate_limit_reset_is_ignored_or_capped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        assert_eq!(rate_limit_reset(&h), None);
+        let far = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 10 * 24 * 3600;
+        h.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from_str(&far.to_string()).unwrap(),
+        );
+        assert_eq!(rate_limit_reset(&h), Some(Duration::from_secs(24 * 3600)));
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub(super) fn get(b: &S3Backend, full: &str, dest: &Path) -> Result<(), BackendE
         b.check_bucket()?;
         return Err(not_found(b, full));
     };
-    let tmp = b.tmp_beside(dest);
+    let tmp = crate::backends::tmp_beside(dest);
     let file = OpenOptions::new()
         .read(true)
         .write(true)
