@@ -230,8 +230,10 @@ mmdebstrap --mode=root --variant=minbase \
   --include="$INCLUDE" \
   --customize-hook='cp "$FERRY_PKGS"/ferry-lab-kernel_1_all.deb "$1/tmp/" && chroot "$1" dpkg -i /tmp/ferry-lab-kernel_1_all.deb && rm "$1/tmp/ferry-lab-kernel_1_all.deb"' \
   --customize-hook='chroot "$1" apt-get clean && chroot "$1" apt-get -qq -y --no-install-recommends --download-only install "linux-image-$FERRY_NEW_KERNEL" >&2 && cp "$1"/var/cache/apt/archives/*.deb "$FERRY_REPO/" && chroot "$1" apt-get clean' \
+  --customize-hook='chroot "$1" apt-get -qq -y --download-only --reinstall install sudo >&2 && cp "$1"/var/cache/apt/archives/sudo_*.deb "$FERRY_PKGS/" && chroot "$1" apt-get clean' \
   --customize-hook='sed -i "s/^LOAD_KEXEC=.*/LOAD_KEXEC=false/" "$1/etc/default/kexec" && grep -q "^LOAD_KEXEC=false" "$1/etc/default/kexec"' \
   --customize-hook=': > "$1/etc/resolv.conf"' \
+  --customize-hook='sed -i "s/^MODULES=.*/MODULES=dep/" "$1/etc/initramfs-tools/initramfs.conf" && grep -q "^MODULES=dep" "$1/etc/initramfs-tools/initramfs.conf"' \
   --customize-hook='echo ferry-guest > "$1/etc/hostname"' \
   --customize-hook='printf "%s\n" "127.0.0.1 localhost" "127.0.1.1 ferry-guest" "10.0.2.15 ferry-guest.lab ferry-guest" "10.0.2.2 ferry-host.lab ferry-host" "10.0.2.100 ferry-telemetry.lab ferry-telemetry" "::1 localhost ip6-localhost ip6-loopback" > "$1/etc/hosts"' \
   --customize-hook='printf "%s\n" "auto lo" "iface lo inet loopback" "" "auto eth0" "iface eth0 inet static" "    address 10.0.2.15/24" "    gateway 10.0.2.2" > "$1/etc/network/interfaces"' \
@@ -248,8 +250,30 @@ mmdebstrap --mode=root --variant=minbase \
 log "mmdebstrap done"
 
 chmod 0644 "$WORK/vmlinuz-$OLD_KERNEL" "$WORK/initrd.img-$OLD_KERNEL"
-ls "$REPO"/linux-image-"$NEW_KERNEL"_*.deb >/dev/null 2>&1 \
-  || die "linux-image-$NEW_KERNEL was not downloaded into the repo"
+NEW_DEBS=("$REPO"/linux-image-"$NEW_KERNEL"_*.deb)
+[ ${#NEW_DEBS[@]} -ge 1 ] || die "linux-image-$NEW_KERNEL was not downloaded into the repo"
+
+# ---------------------------------------------------------------------------
+# A newer sudo for the repo: the image's own package, version bumped, so the
+# upgrade really replaces /usr/bin/sudo while `sudo ferry upgrade` runs it
+# (dpkg leaves the old set-uid copy mode 0600: the lost exec bit ferry must
+# give back). Files, modes and owners stay exactly as packaged.
+# ---------------------------------------------------------------------------
+repack_bumped() { # deb outdir suffix
+  local d=$WORK/repack ver
+  rm -rf "$d"
+  dpkg-deb -R "$1" "$d"
+  ver=$(sed -n 's/^Version: //p' "$d/DEBIAN/control")
+  sed -i "s/^Version: .*/Version: $ver$3/" "$d/DEBIAN/control"
+  dpkg-deb -Zgzip --build "$d" "$2/" >&2
+  rm -rf "$d"
+}
+# (nullglob is on: an unmatched glob is an empty array, never a literal.)
+SUDO_DEBS=("$PKGS"/sudo_*.deb)
+[ ${#SUDO_DEBS[@]} -eq 1 ] || die "expected one downloaded sudo package, found ${#SUDO_DEBS[@]}"
+repack_bumped "${SUDO_DEBS[0]}" "$REPO" "+ferry1"
+BUMPED=("$REPO"/sudo_*+ferry1_*.deb)
+[ ${#BUMPED[@]} -eq 1 ] || die "the bumped sudo is missing from the repo"
 
 # ---------------------------------------------------------------------------
 # The guest's local apt repo (flat), on its own ext4 image labelled ferryrepo.
