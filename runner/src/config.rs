@@ -57,6 +57,10 @@ pub struct TestingConfig {
     /// Destinations whose every put fails as unavailable (a store that
     /// stays down), so bundles wait in the spool.
     pub backend_down: Vec<String>,
+    /// A shell command `ferry resume` runs just before `criu restore`, to
+    /// break a restore on purpose at a moment a test cannot catch from
+    /// outside (the in-place restore starts right after the dump).
+    pub before_restore: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +93,17 @@ pub struct CriuConfig {
     pub min_free_mib: u64,
     /// Seconds `criu restore` may take before the restore counts as failed.
     pub restore_timeout_secs: u64,
+    /// Largest file deleted while in use (an upgraded library, a replaced
+    /// executable) criu may copy into the images, in MiB.
+    pub ghost_limit_mib: u64,
+    /// Largest file on tmpfs ferry saves across the reboot, in MiB.
+    pub tmpfs_copy_max_mib: u64,
+    /// Restore attempts (the first included) before ferry gives up and
+    /// removes the lock rules, so the client is reset instead of waiting.
+    pub restore_attempts: u32,
+    /// After a failed restore, how long `ferry resume --retry` may still
+    /// bring the session back before ferry gives up, in seconds.
+    pub retry_window_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +195,10 @@ impl Default for CriuConfig {
             path: PathBuf::from("criu"),
             min_free_mib: 256,
             restore_timeout_secs: 300,
+            ghost_limit_mib: 1024,
+            tmpfs_copy_max_mib: 256,
+            restore_attempts: 3,
+            retry_window_secs: 1800,
         }
     }
 }
@@ -214,6 +233,10 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
         "criu.restore_timeout_secs",
         "FERRY_CRIU_RESTORE_TIMEOUT_SECS",
     ),
+    ("criu.ghost_limit_mib", "FERRY_CRIU_GHOST_LIMIT_MIB"),
+    ("criu.tmpfs_copy_max_mib", "FERRY_CRIU_TMPFS_COPY_MAX_MIB"),
+    ("criu.restore_attempts", "FERRY_CRIU_RESTORE_ATTEMPTS"),
+    ("criu.retry_window_secs", "FERRY_CRIU_RETRY_WINDOW_SECS"),
     ("ship.backends", "FERRY_SHIP_BACKENDS"),
     ("ship.dir", "FERRY_SHIP_DIR"),
     ("ship.max_file_mib", "FERRY_SHIP_MAX_FILE_MIB"),
@@ -268,6 +291,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("testing.skip_externals", "FERRY_TESTING_SKIP_EXTERNALS"),
     ("testing.fail_after_dump", "FERRY_TESTING_FAIL_AFTER_DUMP"),
     ("testing.backend_down", "FERRY_TESTING_BACKEND_DOWN"),
+    ("testing.before_restore", "FERRY_TESTING_BEFORE_RESTORE"),
 ];
 
 /// Environment variables whose values are secrets: masked in every output

@@ -17,6 +17,36 @@ pub fn end_before_dump(ctx: &mut Ctx<'_>, phase: &str, error: &PhaseError) -> Ou
     )
 }
 
+/// A restore attempt failed and another may follow: collect the evidence,
+/// name the failure, ship a bundle of this attempt now (nobody may come to
+/// retry). The run goes on: no finish, no root span, no outcome. Returns
+/// the diagnosis headline.
+pub fn report_attempt(ctx: &mut Ctx<'_>, number: u32) -> Option<String> {
+    let _ = run_phase(ctx, "collect", phases::collect::run);
+    let d = crate::diagnose::diagnose_run_logs(&ctx.run.logs());
+    let path = ctx.run.root.join(crate::diagnose::RUN_FILE);
+    if let Err(e) = crate::state::save_json(&path, &d) {
+        tracing::warn!("the diagnosis was not saved: {e}");
+    }
+    let result = format!("attempt-{number}-failed");
+    match run_phase(ctx, "ship", |c| phases::ship::run(c, &result)) {
+        Ok(record) => match record.shipped.first() {
+            Some(s) => {
+                tracing::info!(bundle = %s.location, "evidence of the failed attempt shipped")
+            }
+            None => tracing::info!(
+                bundle = %record.key,
+                "evidence of the failed attempt waits in the spool"
+            ),
+        },
+        Err(e) => tracing::error!(
+            "the bundle of the failed attempt was not shipped: {}",
+            e.message
+        ),
+    }
+    (d.verdict != crate::diagnose::Verdict::NoFailure).then(|| d.headline())
+}
+
 /// Collect, finish, ship, and record the outcome. Never fails: whatever
 /// cannot be done is logged and the outcome says what is known.
 pub fn conclude(
@@ -81,6 +111,25 @@ pub fn conclude(
         end_unix_nano: ids::now_unix_nano(),
         diagnosis: diagnosis.as_ref().map(|d| d.summary()),
         ship: ship.clone(),
+        notes: ctx
+            .state
+            .notes
+            .iter()
+            .skip(
+                ctx.state
+                    .handoff
+                    .notes_seen
+                    .unwrap_or(ctx.state.notes.len()),
+            )
+            .filter(|n| n.level >= crate::notes::Level::Handled)
+            .map(|n| n.line())
+            .fold(Vec::new(), |mut lines, l| {
+                // A later attempt repeats some notes of the first.
+                if !lines.contains(&l) {
+                    lines.push(l);
+                }
+                lines
+            }),
     };
     ctx.state.outcome = Some(outcome.clone());
     if let Err(e) = ctx.save() {

@@ -104,6 +104,9 @@ pub enum Verdict {
     Working,
     /// Handed off to a kexec; its resume unit may still start on this boot.
     AwaitingResume,
+    /// A restore attempt failed on this boot and `ferry resume --retry`
+    /// may still bring the session back: the give-up timer owns the end.
+    AwaitingRetry,
     Dead {
         error_type: &'static str,
         reason: String,
@@ -117,6 +120,15 @@ pub fn verdict(state: &RunState, state_age: Duration, facts: &Facts) -> Verdict 
     }
     if state_age < QUIET {
         return Verdict::Working;
+    }
+    let attempt_failed_here = state.handoff.gave_up.is_none()
+        && state
+            .handoff
+            .restore_attempts
+            .last()
+            .is_some_and(|a| a.boot_id == facts.boot_id && a.error.is_some());
+    if attempt_failed_here {
+        return Verdict::AwaitingRetry;
     }
     let handed_off = state
         .phase("handoff")
@@ -379,6 +391,41 @@ mod tests {
 
     const OLD: Duration = Duration::from_secs(3600);
 
+    /// Regression: a run whose restore attempt failed, quiet while it
+    /// waits for `ferry resume --retry`, was buried as died and the retry
+    /// lost.
+    #[test]
+    fn a_run_waiting_for_a_retry_is_left_alone_until_it_gives_up() {
+        let mut s = state(&[
+            ("handoff", PhaseResult::Ok, "boot-a"),
+            ("restore", PhaseResult::Failed, "boot-b"),
+        ]);
+        s.boot_ids.push("boot-b".into());
+        s.handoff.restore_attempts.push(crate::state::Attempt {
+            number: 1,
+            boot_id: "boot-b".into(),
+            start_unix_nano: 1,
+            end_unix_nano: Some(2),
+            error: Some("criu restore failed".into()),
+            log: "restore-1.log".into(),
+        });
+        assert_eq!(
+            verdict(&s, OLD, &facts("boot-b", 100)),
+            Verdict::AwaitingRetry
+        );
+        // Another boot: the session is gone, the run is dead.
+        assert!(matches!(
+            verdict(&s, OLD, &facts("boot-c", 100)),
+            Verdict::Dead { .. }
+        ));
+        // Given up (by the timer or by hand) without an outcome: dead.
+        s.handoff.gave_up = Some("window over".into());
+        assert!(matches!(
+            verdict(&s, OLD, &facts("boot-b", 100)),
+            Verdict::Dead { .. }
+        ));
+    }
+
     #[test]
     fn a_run_that_stopped_mid_phase_is_dead() {
         let s = state(&[("upgrade", PhaseResult::Running, "boot-a")]);
@@ -413,6 +460,7 @@ mod tests {
             end_unix_nano: 2,
             diagnosis: None,
             ship: None,
+            notes: Vec::new(),
         });
         assert_eq!(verdict(&ended, OLD, &facts("boot-a", 100)), Verdict::Ended);
     }

@@ -31,11 +31,28 @@ enum Command {
     /// Upgrade, checkpoint this session, reboot into the new kernel and
     /// come back: returns 0 on the new kernel, non-zero on the old one.
     Upgrade(UpgradeArgs),
-    /// Restore a checkpointed session after the reboot (run by ferry-resume.service).
+    /// Restore a checkpointed session after the reboot (run by
+    /// ferry-resume.service); --retry tries again after a failed restore,
+    /// --give-up stops trying.
     Resume {
+        /// The run directory (with --retry or --give-up: default the newest
+        /// run whose restore failed and that is still open).
         #[arg(long)]
-        run_dir: PathBuf,
+        run_dir: Option<PathBuf>,
+        /// Start the next restore attempt (images and lock rules were kept)
+        /// and wait for it: exit 0 when the session runs again.
+        #[arg(long, conflicts_with = "give_up")]
+        retry: bool,
+        /// Stop trying: remove CRIU's lock rules (the client's connection is
+        /// reset), disable the units, ship the bundle.
+        #[arg(long)]
+        give_up: bool,
     },
+    /// Rehearse the trip on this kernel, without a reboot: preflight,
+    /// locate, assess, the upgrade simulated, the kernel loaded then
+    /// unloaded, `criu dump --leave-running` into a scratch directory.
+    /// Exit 0 when the trip would work, 1 with what would fail.
+    Rehearse(RehearseArgs),
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -92,6 +109,11 @@ enum Command {
     /// re-send what any run has not exported.
     #[command(name = "__janitor", hide = true)]
     Janitor {
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
+    #[command(name = "__rehearse", hide = true)]
+    Rehearsal {
         #[arg(long)]
         run_dir: PathBuf,
     },
@@ -202,6 +224,25 @@ struct PullArgs {
 }
 
 #[derive(clap::Args)]
+struct RehearseArgs {
+    /// Rehearse for the process tree rooted here instead of this ssh session.
+    #[arg(long)]
+    pid: Option<i32>,
+    /// Do not simulate the package upgrade.
+    #[arg(long)]
+    no_upgrade: bool,
+    /// The kernel the trip would boot.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// The initrd for --kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Where runs live.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
 struct UpgradeArgs {
     /// Checkpoint the process tree rooted here instead of this ssh session.
     #[arg(long)]
@@ -286,9 +327,55 @@ fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Resume { run_dir } => {
-            let code = resume::resume(&RunDir::new(run_dir), telemetry)?;
+        Command::Resume {
+            run_dir,
+            retry,
+            give_up,
+        } => {
+            let find = || -> anyhow::Result<RunDir> {
+                match &run_dir {
+                    Some(d) => Ok(RunDir::new(d)),
+                    None => {
+                        let config = load_config(cli.config.as_deref())?;
+                        Ok(resume::waiting_run(&config.runs_dir())?)
+                    }
+                }
+            };
+            let code = if retry {
+                resume::retry(&find()?)?
+            } else if give_up {
+                resume::give_up_now(&find()?, telemetry, "given up by `ferry resume --give-up`")?
+            } else {
+                let dir = run_dir.context("--run-dir is required (or use --retry / --give-up)")?;
+                resume::resume(&RunDir::new(dir), telemetry)?
+            };
             Ok(ExitCode::from(code as u8))
+        }
+        Command::Rehearse(args) => {
+            let mut config = load_config(cli.config.as_deref())?;
+            if args.no_upgrade {
+                config.upgrade.enabled = false;
+            }
+            if let Some(k) = args.kernel {
+                config.kernel.path = Some(k);
+            }
+            if let Some(i) = args.initrd {
+                config.kernel.initrd = Some(i);
+            }
+            if let Some(d) = args.state_dir {
+                config.state_dir = d;
+            }
+            let report = ferry::rehearse::rehearse(&config, args.pid, telemetry)?;
+            eprint!("{}", report.render());
+            Ok(if report.would_work() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Rehearsal { run_dir } => {
+            ferry::rehearse::worker(&RunDir::new(run_dir), telemetry)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Worker { run_dir } => {
             trip::worker(&RunDir::new(run_dir), telemetry)?;
@@ -641,6 +728,9 @@ fn report(outcome: &Outcome) -> ExitCode {
                 );
             }
         }
+    }
+    for n in &outcome.notes {
+        eprintln!("ferry: {n}");
     }
     if let Some(pid) = outcome.restored_root_pid {
         eprintln!(

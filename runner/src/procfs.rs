@@ -103,6 +103,8 @@ pub struct Stat {
     pub comm: String,
     pub state: char,
     pub ppid: i32,
+    /// The controlling terminal (`tty_nr`, a device number; 0 for none).
+    pub tty_nr: u32,
     /// The task's `PF_*` flags.
     pub flags: u64,
 }
@@ -113,6 +115,16 @@ pub const PF_KTHREAD: u64 = 0x0020_0000;
 impl Stat {
     pub fn is_kernel_thread(&self) -> bool {
         self.flags & PF_KTHREAD != 0
+    }
+
+    /// The index N of the controlling terminal when it is `/dev/pts/N`
+    /// (Unix98 pty slaves have majors 136 to 143).
+    pub fn ctty_pts(&self) -> Option<u32> {
+        let major = (self.tty_nr >> 8) & 0xfff;
+        let minor = (self.tty_nr & 0xff) | ((self.tty_nr >> 12) & 0xf_ff00);
+        (136..=143)
+            .contains(&major)
+            .then(|| (major - 136) * 256 + minor)
     }
 }
 
@@ -275,6 +287,46 @@ pub struct FdStat {
     pub kind: FileKind,
     /// Permission bits only (`st_mode & 0o7777`).
     pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+}
+
+impl FdStat {
+    fn of(md: &std::fs::Metadata) -> FdStat {
+        FdStat {
+            ino: md.ino(),
+            dev: md.dev(),
+            rdev: md.rdev(),
+            kind: FileKind::of(md.file_type()),
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.size(),
+        }
+    }
+}
+
+/// One file-backed line of `/proc/PID/maps`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    /// `rwxp` / `r-xs` ...
+    pub perms: String,
+    pub major: u32,
+    pub minor: u32,
+    pub inode: u64,
+    /// The path, without the ` (deleted)` the kernel appends.
+    pub path: String,
+    pub deleted: bool,
+}
+
+impl MapEntry {
+    /// The name of this mapping under `/proc/PID/map_files/`.
+    pub fn map_files_name(&self) -> String {
+        format!("{:x}-{:x}", self.start, self.end)
+    }
 }
 
 /// File type from `st_mode`.
@@ -385,6 +437,7 @@ pub fn parse_stat(text: &str) -> Result<Stat, String> {
         comm,
         state: rest[0].chars().next().ok_or("empty state")?,
         ppid: parse_num(rest[1], "ppid")?,
+        tty_nr: parse_num::<i64>(rest[4], "tty_nr")? as u32,
         flags: parse_num(rest[6], "flags")?,
     })
 }
@@ -639,6 +692,59 @@ pub fn parse_children(text: &str) -> Result<Vec<i32>, String> {
     text.split_whitespace()
         .map(|p| parse_num(p, "child pid"))
         .collect()
+}
+
+/// Parses `/proc/PID/maps`, keeping only mappings of a path (anonymous
+/// memory, `[heap]`, `[vdso]` and the like are left out).
+pub fn parse_maps(text: &str) -> Result<Vec<MapEntry>, String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        // start-end perms offset dev inode [path]; the path may hold spaces.
+        let mut rest = line;
+        let mut field = || -> Option<&str> {
+            let trimmed = rest.trim_start_matches(' ');
+            let end = trimmed.find(' ').unwrap_or(trimmed.len());
+            let (f, r) = trimmed.split_at(end);
+            rest = r;
+            (!f.is_empty()).then_some(f)
+        };
+        let (Some(range), Some(perms), Some(_offset), Some(dev), Some(inode)) =
+            (field(), field(), field(), field(), field())
+        else {
+            if line.trim().is_empty() {
+                continue;
+            }
+            return Err(format!("maps line {line:?} has fewer than five fields"));
+        };
+        let path = rest.trim_start_matches(' ');
+        if !path.starts_with('/') {
+            continue;
+        }
+        let (start, end) = range
+            .split_once('-')
+            .ok_or_else(|| format!("maps range {range:?}"))?;
+        let hex = |s: &str, what: &str| {
+            u64::from_str_radix(s, 16).map_err(|e| format!("maps {what} {s:?}: {e}"))
+        };
+        let (major, minor) = dev
+            .split_once(':')
+            .ok_or_else(|| format!("maps device {dev:?}"))?;
+        let (path, deleted) = match path.strip_suffix(" (deleted)") {
+            Some(p) => (p, true),
+            None => (path, false),
+        };
+        out.push(MapEntry {
+            start: hex(start, "start")?,
+            end: hex(end, "end")?,
+            perms: perms.to_string(),
+            major: hex(major, "major")? as u32,
+            minor: hex(minor, "minor")? as u32,
+            inode: parse_num(inode, "maps inode")?,
+            path: path.to_string(),
+            deleted,
+        });
+    }
+    Ok(out)
 }
 
 /// The inode of a `socket:[12345]` (or `pipe:[..]`, `net:[..]`) link target.
@@ -947,13 +1053,29 @@ impl Procfs {
     pub fn fd_stat(&self, pid: i32, fd: i32) -> Result<FdStat, ProcError> {
         let path = self.pid_path(pid, &format!("fd/{fd}"));
         let md = std::fs::metadata(&path).map_err(Self::io_err(path, Some(pid)))?;
-        Ok(FdStat {
-            ino: md.ino(),
-            dev: md.dev(),
-            rdev: md.rdev(),
-            kind: FileKind::of(md.file_type()),
-            mode: md.mode() & 0o7777,
-        })
+        Ok(FdStat::of(&md))
+    }
+
+    /// `stat` through any magic link of PID (`exe`, `cwd`,
+    /// `map_files/START-END`): it reaches the inode even when the file was
+    /// deleted or lives in another mount namespace.
+    pub fn link_stat(&self, pid: i32, rel: &str) -> Result<FdStat, ProcError> {
+        let path = self.pid_path(pid, rel);
+        let md = std::fs::metadata(&path).map_err(Self::io_err(path, Some(pid)))?;
+        Ok(FdStat::of(&md))
+    }
+
+    /// The target of a link of PID (`exe`, `cwd`, `fd/3`).
+    pub fn link(&self, pid: i32, rel: &str) -> Result<String, ProcError> {
+        let path = self.pid_path(pid, rel);
+        std::fs::read_link(&path)
+            .map(|t| t.to_string_lossy().into_owned())
+            .map_err(Self::io_err(path, Some(pid)))
+    }
+
+    /// The file-backed mappings of PID (`/proc/PID/maps`).
+    pub fn maps(&self, pid: i32) -> Result<Vec<MapEntry>, ProcError> {
+        self.parsed(Some(pid), self.pid_path(pid, "maps"), parse_maps)
     }
 
     /// `/proc/PID/mountinfo`.
@@ -1088,6 +1210,35 @@ mod tests {
     const STATUS: &str = "Name:\tsshd: root@pts\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t453\nNgid:\t0\nPid:\t453\nPPid:\t401\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nFDSize:\t64\nGroups:\t \nNStgid:\t453\nNSpid:\t453\nNSpgid:\t453\nNSsid:\t453\nKthread:\t0\nVmPeak:\t   17016 kB\n";
 
     #[test]
+    fn maps_keep_file_mappings_with_their_deleted_mark() {
+        let text = "\
+55d1c8a00000-55d1c8a2e000 r--p 00000000 fd:00 1311                       /usr/bin/sudo (deleted)
+7f3b1c000000-7f3b1c022000 r-xp 00022000 fd:00 2045                       /usr/lib/x86_64-linux-gnu/libc.so.6
+7f3b1d000000-7f3b1d001000 rw-s 00000000 00:01 77                         /dev/zero (deleted)
+7f3b1e000000-7f3b1e001000 r--p 00000000 00:1a 9                          /run/my dir/data file
+7ffc2a7d9000-7ffc2a7fa000 rw-p 00000000 00:00 0                          [stack]
+7ffc2a7fe000-7ffc2a800000 r-xp 00000000 00:00 0                          [vdso]
+7f3b1f000000-7f3b1f100000 rw-p 00000000 00:00 0 
+";
+        let maps = parse_maps(text).unwrap();
+        assert_eq!(maps.len(), 4, "{maps:#?}");
+        assert_eq!(maps[0].path, "/usr/bin/sudo");
+        assert!(maps[0].deleted);
+        assert_eq!(
+            (maps[0].major, maps[0].minor, maps[0].inode),
+            (0xfd, 0, 1311)
+        );
+        assert_eq!(maps[0].map_files_name(), "55d1c8a00000-55d1c8a2e000");
+        assert_eq!(maps[1].perms, "r-xp");
+        assert!(!maps[1].deleted);
+        assert_eq!(maps[2].path, "/dev/zero");
+        assert_eq!(maps[3].path, "/run/my dir/data file");
+        assert_eq!((maps[3].major, maps[3].minor), (0, 0x1a));
+        assert!(parse_maps("zzz\n").is_err());
+        assert!(parse_maps("").unwrap().is_empty());
+    }
+
+    #[test]
     fn status_parses_the_fields_ferry_uses() {
         let st = parse_status(STATUS).unwrap();
         assert_eq!(st.name, "sshd: root@pts");
@@ -1129,6 +1280,15 @@ mod tests {
         assert_eq!(st.state, 'R');
         assert_eq!(st.ppid, 5);
         assert!(!st.is_kernel_thread());
+        assert_eq!(st.ctty_pts(), None);
+        // sudo on pts/0 (136:0), another on pts/300 (137:44).
+        let st = parse_stat("914 (sudo) S 910 910 910 34816 910 4194560 1").unwrap();
+        assert_eq!((st.tty_nr, st.ctty_pts()), (34816, Some(0)));
+        let st = parse_stat("9 (x) S 1 9 9 35116 9 0 1").unwrap();
+        assert_eq!(st.ctty_pts(), Some(300));
+        // A serial console is no pty.
+        let st = parse_stat("9 (x) S 1 9 9 1088 9 0 1").unwrap();
+        assert_eq!(st.ctty_pts(), None);
     }
 
     #[test]

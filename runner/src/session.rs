@@ -39,6 +39,97 @@ pub struct Session {
     /// needs `--external file[MNT:INO]` at dump and an inherited fd at
     /// restore.
     pub invisible: Vec<InvisibleFd>,
+    /// Every other file the tree uses: executables, file mappings, open
+    /// regular files, FIFOs and directories, working directories.
+    #[serde(default)]
+    pub files: Vec<UsedFile>,
+}
+
+/// A file the tree uses, once per inode, with every use of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsedFile {
+    /// The path the kernel shows, without ` (deleted)`.
+    pub path: String,
+    /// Unlinked while in use (an upgrade replaced it, or a program removed
+    /// it): criu keeps a copy of it in the images.
+    pub deleted: bool,
+    pub file_type: FileType,
+    /// `st_mode & 0o7777`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub dev: u64,
+    pub inode: u64,
+    /// The type of the filesystem it is on (`ext4`, `tmpfs`, ...), from
+    /// the user's mountinfo; `None` when no mount matched its device.
+    pub fs_type: Option<String>,
+    pub users: Vec<FileUser>,
+}
+
+/// One task's use of a [`UsedFile`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileUser {
+    pub pid: i32,
+    pub how: FileUse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileUse {
+    /// The task's executable (`/proc/PID/exe`).
+    Exe,
+    /// Mapped into its memory.
+    Map,
+    /// Open on this fd.
+    Fd(i32),
+    /// Its working directory.
+    Cwd,
+}
+
+impl std::fmt::Display for FileUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileUse::Exe => write!(f, "runs it"),
+            FileUse::Map => write!(f, "maps it"),
+            FileUse::Fd(n) => write!(f, "has it open on fd {n}"),
+            FileUse::Cwd => write!(f, "works in it"),
+        }
+    }
+}
+
+/// Filesystems whose contents the reboot takes away.
+pub const VOLATILE_FS: &[&str] = &["tmpfs", "ramfs", "devtmpfs"];
+
+impl UsedFile {
+    /// On a filesystem the reboot empties, and still reachable by its path
+    /// (a deleted file is carried in the images by criu instead).
+    pub fn is_volatile(&self) -> bool {
+        !self.deleted
+            && matches!(
+                self.file_type,
+                FileType::File | FileType::Fifo | FileType::Dir
+            )
+            && self
+                .fs_type
+                .as_deref()
+                .is_some_and(|fs| VOLATILE_FS.contains(&fs))
+    }
+
+    pub fn is_exe_of(&self, pid: i32) -> bool {
+        self.users
+            .iter()
+            .any(|u| u.pid == pid && u.how == FileUse::Exe)
+    }
+
+    /// `pid 470 runs it, pid 471 maps it`.
+    pub fn describe_users(&self, session: &Session) -> String {
+        self.users
+            .iter()
+            .map(|u| format!("pid {} ({}) {}", u.pid, session.comm_of(u.pid), u.how))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// One process of the tree.
@@ -83,6 +174,30 @@ pub struct UnixSock {
     /// The peer is held by no task of the tree (CRIU needs
     /// `--ext-unix-sk`). `None` when peers could not be read at all.
     pub external: Option<bool>,
+    /// The address the peer is bound to (a server's listening path shows
+    /// on the sockets it accepted), when it is external.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_path: Option<String>,
+    /// Processes outside the tree that hold the peer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peer_holders: Vec<Holder>,
+    /// What journald knows of this stream, when the peer is journald's
+    /// stdout socket: the header a fresh connection must send again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<crate::journal::StreamHeader>,
+}
+
+/// A process holding a socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    pub pid: i32,
+    pub comm: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} ({})", self.pid, self.comm)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,10 +302,33 @@ impl Session {
     pub fn pids(&self) -> Vec<i32> {
         self.tasks.iter().map(|t| t.pid).collect()
     }
+
+    /// `(pid, fd)` of the fds with a handling of their own (ttys, files on
+    /// mounts the task cannot see), left out of [`Session::files`].
+    pub fn special_fds(&self) -> std::collections::HashSet<(i32, i32)> {
+        self.invisible
+            .iter()
+            .map(|i| (i.pid, i.fd))
+            .chain(self.ttys.iter().map(|t| (t.pid, t.fd)))
+            .collect()
+    }
+
+    /// The comm of a task of the tree, or `?`.
+    pub fn comm_of(&self, pid: i32) -> &str {
+        self.tasks
+            .iter()
+            .find(|t| t.pid == pid)
+            .map_or("?", |t| t.comm.as_str())
+    }
+
+    /// The executable of a task, as `locate` saw it.
+    pub fn exe_of(&self, pid: i32) -> Option<&UsedFile> {
+        self.files.iter().find(|f| f.is_exe_of(pid))
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn invisible(pid: i32, fd: i32, mnt_id: u64, inode: u64) -> InvisibleFd {
@@ -206,7 +344,7 @@ mod tests {
         }
     }
 
-    fn sample() -> Session {
+    pub(crate) fn sample() -> Session {
         Session {
             root_pid: 453,
             root_comm: "sshd".into(),
@@ -249,6 +387,12 @@ mod tests {
                 listening: false,
                 peer: Some(11870),
                 external: Some(true),
+                peer_path: Some("/run/systemd/journal/dev-log".into()),
+                peer_holders: vec![Holder {
+                    pid: 230,
+                    comm: "systemd-journal".into(),
+                }],
+                journal: None,
             }],
             tcp: vec![TcpConn {
                 pid: 453,
@@ -263,6 +407,28 @@ mod tests {
                 invisible(466, 8, 149, 0x255),
                 invisible(453, 9, 149, 0x287),
             ],
+            files: vec![UsedFile {
+                path: "/usr/bin/sudo".into(),
+                deleted: false,
+                file_type: FileType::File,
+                mode: 0o4755,
+                uid: 0,
+                gid: 0,
+                size: 281_624,
+                dev: 0xfd00,
+                inode: 1311,
+                fs_type: Some("ext4".into()),
+                users: vec![
+                    FileUser {
+                        pid: 466,
+                        how: FileUse::Exe,
+                    },
+                    FileUser {
+                        pid: 466,
+                        how: FileUse::Fd(3),
+                    },
+                ],
+            }],
         }
     }
 
@@ -281,6 +447,32 @@ mod tests {
     }
 
     #[test]
+    fn volatile_means_on_tmpfs_and_still_there() {
+        let mut f = sample().files[0].clone();
+        assert!(!f.is_volatile());
+        f.fs_type = Some("tmpfs".into());
+        assert!(f.is_volatile());
+        f.deleted = true;
+        assert!(!f.is_volatile(), "criu carries deleted files itself");
+        f.deleted = false;
+        f.file_type = FileType::Other;
+        assert!(!f.is_volatile());
+        f.file_type = FileType::Fifo;
+        f.fs_type = None;
+        assert!(!f.is_volatile());
+        let s = sample();
+        assert_eq!(
+            s.exe_of(466).map(|f| f.path.as_str()),
+            Some("/usr/bin/sudo")
+        );
+        assert!(s.exe_of(453).is_none());
+        assert_eq!(
+            s.files[0].describe_users(&s),
+            "pid 466 (bash) runs it, pid 466 (bash) has it open on fd 3"
+        );
+    }
+
+    #[test]
     fn json_round_trip_and_stable_names() {
         let s = sample();
         let json = serde_json::to_value(&s).unwrap();
@@ -290,9 +482,24 @@ mod tests {
         assert_eq!(json["unix_sockets"][0]["state"], "connected");
         assert_eq!(json["invisible"][0]["file_type"], "fifo");
         assert_eq!(json["already_restored"], false);
+        assert_eq!(json["files"][0]["users"][0]["how"], "exe");
+        assert_eq!(
+            json["files"][0]["users"][1]["how"],
+            serde_json::json!({"fd": 3})
+        );
         assert!(json.get("already_restored_reason").is_none());
-        let back: Session = serde_json::from_value(json).unwrap();
+        let back: Session = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(back, s);
+        // A state written before `files` and the peer fields existed still reads.
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("files");
+        old["unix_sockets"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("peer_path");
+        let back: Session = serde_json::from_value(old).unwrap();
+        assert!(back.files.is_empty());
+        assert_eq!(back.unix_sockets[0].peer_path, None);
 
         let other = serde_json::to_value(UnixKind::Other(3)).unwrap();
         assert_eq!(other, serde_json::json!({"other": 3}));

@@ -89,6 +89,10 @@ pub struct Outcome {
     /// Where the bundle went and where it still waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ship: Option<ShipRecord>,
+    /// Notes made after the foreground stopped reading the state (from the
+    /// dump on), for its summary.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The bundle of a run: spooled first, then shipped where it could be.
@@ -153,6 +157,49 @@ pub struct Handoff {
     pub restored_root_pid: Option<i32>,
     /// Host pid of the new pid namespace's init (criu).
     pub namespace_init_pid: Option<i32>,
+    /// `--ghost-limit` the dump used, in bytes.
+    #[serde(default)]
+    pub ghost_limit: Option<u64>,
+    /// Executables that lost their exec bits in the upgrade.
+    #[serde(default)]
+    pub exec_fixes: Vec<crate::phases::dump_plan::ExecFix>,
+    /// `/dev/tty` fds dumped as externals, to point at their pts.
+    #[serde(default)]
+    pub ctty_fixes: Vec<crate::phases::dump_plan::CttyFix>,
+    /// journald streams dumped as externals, to reconnect at restore.
+    #[serde(default)]
+    pub journal: Vec<crate::phases::dump_plan::JournalReconnect>,
+    /// What was changed in the images after the dump, for people.
+    #[serde(default)]
+    pub image_fixes: Vec<String>,
+    /// Files of the session on tmpfs, saved after the dump to be put back.
+    #[serde(default)]
+    pub volatile: Vec<crate::volatile::Saved>,
+    /// How the session's terminals were restored.
+    #[serde(default)]
+    pub pty: Option<crate::phases::restore::PtyRecord>,
+    /// Every restore attempt, in order.
+    #[serde(default)]
+    pub restore_attempts: Vec<Attempt>,
+    /// Why ferry stopped trying to restore (the lock rules were removed).
+    #[serde(default)]
+    pub gave_up: Option<String>,
+    /// How many notes the foreground had seen when the dump began.
+    #[serde(default)]
+    pub notes_seen: Option<usize>,
+}
+
+/// One `criu restore` attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub boot_id: String,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: Option<u64>,
+    /// `None` while running or when it succeeded.
+    pub error: Option<String>,
+    /// Its criu log, under `logs/`.
+    pub log: String,
 }
 
 /// Everything ferry remembers about one run.
@@ -184,6 +231,9 @@ pub struct RunState {
     /// excepted: they are secrets), for the run's later processes.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub otel: std::collections::BTreeMap<String, String>,
+    /// What ferry found about the session and did for it, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<crate::notes::Note>,
 }
 
 pub const STATE_FORMAT: u32 = 1;
@@ -213,6 +263,7 @@ impl RunState {
             worker_pid: None,
             outcome: None,
             otel: Default::default(),
+            notes: Vec::new(),
         }
     }
 }

@@ -46,128 +46,18 @@ pub fn upgrade(
 ) -> Result<Outcome, TripError> {
     let secrets = crate::secrets::Secrets::from_env(&|k| std::env::var(k).ok()).values();
     let runner = SystemRunner::new(telemetry.spans.clone(), secrets);
-    let (trace_id, parent, tracestate) = match std::env::var("TRACEPARENT")
-        .ok()
-        .as_deref()
-        .and_then(ids::TraceParent::parse)
-    {
-        Some(tp) => (
-            tp.trace_id,
-            Some(tp.span_id),
-            std::env::var("TRACESTATE").ok(),
-        ),
-        None => (ids::trace_id(), None, None),
-    };
-    let start = ids::now_unix_nano();
-    let root_span_id = ids::span_id();
-    telemetry.spans.set_context(crate::telemetry::TraceContext {
-        trace_id: trace_id.clone(),
-        root_span_id: root_span_id.clone(),
-        tracestate: tracestate.clone(),
-        resource: Vec::new(),
-    });
-
-    // preflight: before the run directory exists, so a failure touches nothing.
-    let pre_span = tracing::info_span!("phase", otel.name = "preflight", cicd.pipeline.task.name = "preflight", error.type = tracing::field::Empty);
-    let pre_start = ids::now_unix_nano();
-    let (problems, pre_span_id) = pre_span.in_scope(|| {
-        let p = phases::preflight::check(
-            config,
-            &runner,
-            Path::new("/proc/sys/kernel/kexec_load_disabled"),
-            &|k| std::env::var(k).ok(),
-        );
-        (p, crate::telemetry::current_span_id().unwrap_or_default())
-    });
-    if let Some(first) = problems.first() {
-        pre_span.record("error.type", format!("preflight_{}", first.check).as_str());
-    }
-    drop(pre_span);
-    phases::preflight::into_result(problems).map_err(|e| TripError::Preflight(e.message))?;
+    let pre = preflight(config, &runner, telemetry);
+    phases::preflight::into_result(pre.problems.clone())
+        .map_err(|e| TripError::Preflight(e.message))?;
     tracing::info!("preflight: ok");
 
-    let run_id = new_run_id();
-    let run = RunDir::new(config.runs_dir().join(&run_id));
-    run.create()?;
-    let state = RunState {
-        format: STATE_FORMAT,
-        run_id: run_id.clone(),
-        ferry_version: env!("CARGO_PKG_VERSION").into(),
-        host: host::hostname(),
-        trace_id,
-        root_span_id,
-        parent_span_id: parent,
-        tracestate,
-        start_unix_nano: start,
-        boot_ids: vec![host::boot_id()],
-        kernel_before: host::kernel_release(),
-        kernel_after: None,
-        kernel: None,
-        phases: vec![PhaseRecord {
-            name: "preflight".into(),
-            span_id: pre_span_id,
-            boot_id: host::boot_id(),
-            start_unix_nano: pre_start,
-            end_unix_nano: Some(ids::now_unix_nano()),
-            result: PhaseResult::Ok,
-            error: None,
-            error_type: None,
-        }],
-        session: None,
-        plan: serde_json::to_value(config).map_err(|e| {
-            TripError::Phase(PhaseError::new(
-                "state",
-                format!("cannot record the configuration: {e}"),
-            ))
-        })?,
-        handoff: Handoff::default(),
-        worker_pid: None,
-        outcome: None,
-        otel: crate::telemetry::export::capture_env(&|k| std::env::var(k).ok()),
-    };
-    run.save(&state)?;
-    crate::secrets::Secrets::from_env(&|k| std::env::var(k).ok())
-        .save(&run)
-        .map_err(|source| crate::state::StateError::Write {
-            path: run.root.join("secrets.json"),
-            source,
-        })?;
-    copy_self(&run.bin())?;
-    telemetry.attach(&state, run.trace_file(), run.logs().join("ferry.log"));
-    runner.set_logs_dir(run.logs());
-    tracing::info!(run = %run_id, dir = %run.root.display(), "run started");
+    let (run, state) = open_run(config, &config.runs_dir(), pre, telemetry, &runner)?;
+    let run_id = state.run_id.clone();
     // Earlier runs that died get their root span and bundle now.
     crate::janitor::start_beside(&run, &run_id, &runner);
-
-    let mut ctx = Ctx {
-        config,
-        run: &run,
-        state,
-        runner: &runner,
-        telemetry,
-    };
-    let start_at = match opts.pid {
-        Some(p) => phases::locate::Start::Pid(p),
-        None => phases::locate::Start::Invoker(std::process::id() as i32),
-    };
-    let located = run_phase(&mut ctx, "locate", |ctx| {
-        let session = phases::locate::locate(start_at)
-            .map_err(|e| PhaseError::new("locate", e.to_string()))?;
-        if session.already_restored {
-            return Err(PhaseError::new(
-                "already_restored",
-                format!(
-                    "this session was restored by criu before and lives in nested namespaces; a second trip is not supported ({})",
-                    session.already_restored_reason.clone().unwrap_or_default()
-                ),
-            ));
-        }
-        tracing::info!(root = session.root_pid, how = %session.how_found, tasks = session.tasks.len(), "session located");
-        ctx.state.session = Some(session);
-        Ok(())
-    });
-    if let Err(e) = located {
-        return Ok(finishing::end_before_dump(&mut ctx, "locate", &e));
+    let mut ctx = Ctx::new(config, &run, state, &runner, telemetry);
+    if let Err((phase, e)) = locate_and_assess(&mut ctx, opts.pid) {
+        return Ok(finishing::end_before_dump(&mut ctx, &phase, &e));
     }
 
     let (unit, spec) = units::transient("worker", &run_id, &run.bin(), "__worker", &run.root);
@@ -182,16 +72,169 @@ pub fn upgrade(
     wait_for_outcome(&run, &unit)
 }
 
+/// What the preflight found, with its span, for the run's first record.
+pub struct Preflight {
+    pub problems: Vec<phases::preflight::Problem>,
+    pub span_id: String,
+    pub start_unix_nano: u64,
+    pub trace_id: String,
+    pub root_span_id: String,
+    pub parent: Option<String>,
+    pub tracestate: Option<String>,
+    pub run_start_unix_nano: u64,
+}
+
+/// The preflight checks, as the run's first span; before the run
+/// directory exists, so a failure touches nothing.
+pub fn preflight(config: &Config, runner: &SystemRunner, telemetry: &Telemetry) -> Preflight {
+    let (trace_id, parent, tracestate) = match std::env::var("TRACEPARENT")
+        .ok()
+        .as_deref()
+        .and_then(ids::TraceParent::parse)
+    {
+        Some(tp) => (
+            tp.trace_id,
+            Some(tp.span_id),
+            std::env::var("TRACESTATE").ok(),
+        ),
+        None => (ids::trace_id(), None, None),
+    };
+    let run_start_unix_nano = ids::now_unix_nano();
+    let root_span_id = ids::span_id();
+    telemetry.spans.set_context(crate::telemetry::TraceContext {
+        trace_id: trace_id.clone(),
+        root_span_id: root_span_id.clone(),
+        tracestate: tracestate.clone(),
+        resource: Vec::new(),
+    });
+    let pre_span = tracing::info_span!("phase", otel.name = "preflight", cicd.pipeline.task.name = "preflight", error.type = tracing::field::Empty);
+    let start_unix_nano = ids::now_unix_nano();
+    let (problems, span_id) = pre_span.in_scope(|| {
+        let p = phases::preflight::check(
+            config,
+            runner,
+            Path::new("/proc/sys/kernel/kexec_load_disabled"),
+            Path::new("/boot"),
+            &|k| std::env::var(k).ok(),
+        );
+        (p, crate::telemetry::current_span_id().unwrap_or_default())
+    });
+    if let Some(first) = problems.first() {
+        pre_span.record("error.type", format!("preflight_{}", first.check).as_str());
+    }
+    drop(pre_span);
+    Preflight {
+        problems,
+        span_id,
+        start_unix_nano,
+        trace_id,
+        root_span_id,
+        parent,
+        tracestate,
+        run_start_unix_nano,
+    }
+}
+
+/// Create the run directory under `runs_dir` and its first state: the
+/// preflight's record, the plan, the secrets the later units need, a copy
+/// of this binary; spans and logs go there from now on.
+pub fn open_run(
+    config: &Config,
+    runs_dir: &Path,
+    pre: Preflight,
+    telemetry: &Telemetry,
+    runner: &SystemRunner,
+) -> Result<(RunDir, RunState), TripError> {
+    let run_id = new_run_id();
+    let run = RunDir::new(runs_dir.join(&run_id));
+    run.create()?;
+    let state = RunState {
+        format: STATE_FORMAT,
+        run_id: run_id.clone(),
+        ferry_version: env!("CARGO_PKG_VERSION").into(),
+        host: host::hostname(),
+        trace_id: pre.trace_id,
+        root_span_id: pre.root_span_id,
+        parent_span_id: pre.parent,
+        tracestate: pre.tracestate,
+        start_unix_nano: pre.run_start_unix_nano,
+        boot_ids: vec![host::boot_id()],
+        kernel_before: host::kernel_release(),
+        kernel_after: None,
+        kernel: None,
+        phases: vec![PhaseRecord {
+            name: "preflight".into(),
+            span_id: pre.span_id,
+            boot_id: host::boot_id(),
+            start_unix_nano: pre.start_unix_nano,
+            end_unix_nano: Some(ids::now_unix_nano()),
+            result: if pre.problems.is_empty() {
+                PhaseResult::Ok
+            } else {
+                PhaseResult::Failed
+            },
+            error: phases::preflight::into_result(pre.problems)
+                .err()
+                .map(|e| e.message),
+            error_type: None,
+        }],
+        session: None,
+        plan: serde_json::to_value(config).map_err(|e| {
+            TripError::Phase(PhaseError::new(
+                "state",
+                format!("cannot record the configuration: {e}"),
+            ))
+        })?,
+        handoff: Handoff::default(),
+        worker_pid: None,
+        outcome: None,
+        otel: crate::telemetry::export::capture_env(&|k| std::env::var(k).ok()),
+        notes: Vec::new(),
+    };
+    run.save(&state)?;
+    crate::secrets::Secrets::from_env(&|k| std::env::var(k).ok())
+        .save(&run)
+        .map_err(|source| crate::state::StateError::Write {
+            path: run.root.join("secrets.json"),
+            source,
+        })?;
+    copy_self(&run.bin())?;
+    telemetry.attach(&state, run.trace_file(), run.logs().join("ferry.log"));
+    runner.set_logs_dir(run.logs());
+    tracing::info!(run = %run_id, dir = %run.root.display(), "run started");
+    Ok((run, state))
+}
+
+/// `locate` then `assess`, both read-only; the failing phase's name with
+/// its error.
+pub fn locate_and_assess(ctx: &mut Ctx<'_>, pid: Option<i32>) -> Result<(), (String, PhaseError)> {
+    let start_at = match pid {
+        Some(p) => phases::locate::Start::Pid(p),
+        None => phases::locate::Start::Invoker(std::process::id() as i32),
+    };
+    run_phase(ctx, "locate", |ctx| {
+        let session = phases::locate::locate(start_at)
+            .map_err(|e| PhaseError::new("locate", e.to_string()))?;
+        tracing::info!(root = session.root_pid, how = %session.how_found, tasks = session.tasks.len(), "session located");
+        ctx.state.session = Some(session);
+        Ok(())
+    })
+    .map_err(|e| ("locate".to_string(), e))?;
+    run_phase(ctx, phases::assess::PHASE, phases::assess::run)
+        .map_err(|e| (phases::assess::PHASE.to_string(), e))
+}
+
 /// Follow the worker's progress until the run ends, on either kernel.
-fn wait_for_outcome(run: &RunDir, unit: &str) -> Result<Outcome, TripError> {
+pub fn wait_for_outcome(run: &RunDir, unit: &str) -> Result<Outcome, TripError> {
     // Phases this process ran were reported as they ended; report the
     // worker's as they end.
-    let mut printed: Vec<(String, PhaseResult)> = run
-        .load()?
+    let first = run.load()?;
+    let mut printed: Vec<(String, PhaseResult)> = first
         .phases
         .iter()
         .map(|p| (p.name.clone(), p.result))
         .collect();
+    let mut notes_printed = first.notes.len();
     let mut frozen_soon = false;
     let mut missing_worker = 0;
     let waiting_since = std::time::Instant::now();
@@ -213,6 +256,10 @@ fn wait_for_outcome(run: &RunDir, unit: &str) -> Result<Outcome, TripError> {
                     eprintln!("{}", phase_line(p));
                 }
             }
+            for n in state.notes.iter().skip(notes_printed) {
+                eprintln!("ferry: {}", n.line());
+            }
+            notes_printed = notes_printed.max(state.notes.len());
             // From here on the session may be frozen at any moment: read
             // nothing more from the run directory (see module docs).
             if state.phase("dump").is_some() {
@@ -318,19 +365,8 @@ pub fn plan_of(run: &RunDir, state: &RunState) -> Result<Config, TripError> {
 /// The detached worker: upgrade, kernel, dump, prepare-restore, handoff.
 pub fn worker(run: &RunDir, telemetry: &Telemetry) -> Result<(), TripError> {
     let _working = crate::janitor::RunLock::working(run);
-    let state = run.load()?;
-    let config = plan_of(run, &state)?;
-    let secrets = crate::secrets::Secrets::for_run(run).values();
-    let runner = SystemRunner::new(telemetry.spans.clone(), secrets);
-    runner.set_logs_dir(run.logs());
-    telemetry.attach(&state, run.trace_file(), run.logs().join("ferry.log"));
-    let mut ctx = Ctx {
-        config: &config,
-        run,
-        state,
-        runner: &runner,
-        telemetry,
-    };
+    let (config, state, runner) = crate::resume::load(run, telemetry)?;
+    let mut ctx = Ctx::new(&config, run, state, &runner, telemetry);
     ctx.state.worker_pid = Some(std::process::id() as i32);
     ctx.save()?;
 

@@ -94,6 +94,7 @@ fn new_sim(otel: BTreeMap<String, String>, traceparent: Option<&str>) -> Sim {
         worker_pid: None,
         outcome: None,
         otel,
+        notes: Vec::new(),
     };
     run.save(&state).unwrap();
     Sim {

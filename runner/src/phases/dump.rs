@@ -4,11 +4,44 @@
 use std::time::Duration;
 
 use crate::exec::CommandSpec;
+use crate::procfs::Procfs;
 use crate::telemetry::ids;
 
 use super::{Ctx, PhaseError, criu_error_lines, emit_criu_errors};
 
 pub const DUMP_LOG: &str = "dump.log";
+
+/// `criu dump` of the session into `images`, logging to `log`;
+/// `leave_running` for a rehearsal.
+pub fn criu_dump(
+    ctx: &Ctx<'_>,
+    session: &crate::session::Session,
+    plan: &super::dump_plan::DumpPlan,
+    images: &std::path::Path,
+    log: &std::path::Path,
+    leave_running: bool,
+) -> CommandSpec {
+    let mut spec = CommandSpec::new(ctx.config.criu.path.display().to_string())
+        .arg("dump")
+        .args(["-t".to_string(), session.root_pid.to_string()])
+        .args(["-D".to_string(), images.display().to_string()])
+        .args(["-o".to_string(), log.display().to_string()])
+        .args(DUMP_FLAGS.iter().copied())
+        .args(["--ghost-limit".to_string(), plan.ghost_limit.to_string()])
+        .log_name(if leave_running {
+            "criu-dump-rehearsal"
+        } else {
+            "criu-dump"
+        })
+        .timeout(Duration::from_secs(600));
+    if leave_running {
+        spec = spec.arg("--leave-running");
+    }
+    for e in &plan.externals {
+        spec = spec.args(["--external".to_string(), e.clone()]);
+    }
+    spec
+}
 
 /// The flags of every dump: TCP connections kept, external unix sockets
 /// allowed, file locks, unlinked-but-open files remapped, shell job.
@@ -22,56 +55,59 @@ pub const DUMP_FLAGS: &[&str] = &[
 ];
 
 pub fn run(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
-    let session = ctx
-        .state
-        .session
-        .clone()
-        .ok_or_else(|| PhaseError::new("state", "no located session in the run state"))?;
-    let externals = if ctx.config.testing.skip_externals {
-        tracing::warn!("testing.skip_externals is set: dumping without --external entries");
-        Vec::new()
-    } else {
-        session.criu_externals()
-    };
+    // The foreground reads no more notes from here on: the rest go into
+    // the outcome's summary.
+    ctx.state.handoff.notes_seen = Some(ctx.state.notes.len());
+    let session = ctx.session()?;
+    let plan = super::dump_plan::plan(&Procfs::host(), &session, ctx.config, "dump")?;
+    for n in &plan.notes {
+        tracing::info!("{}", n.line());
+    }
+    ctx.state.notes.extend(plan.notes.clone());
+    ctx.state.handoff.exec_fixes = plan.exec_fixes.clone();
+    ctx.state.handoff.journal = plan.journal.clone();
+    ctx.state.handoff.ctty_fixes = plan.ctty_fixes.clone();
+    ctx.state.handoff.ghost_limit = Some(plan.ghost_limit);
     let log = ctx.run.logs().join(DUMP_LOG);
-    let mut spec = CommandSpec::new(ctx.config.criu.path.display().to_string())
-        .arg("dump")
-        .args(["-t".to_string(), session.root_pid.to_string()])
-        .args(["-D".to_string(), ctx.run.images().display().to_string()])
-        .args(["-o".to_string(), log.display().to_string()])
-        .args(DUMP_FLAGS.iter().copied())
-        .log_name("criu-dump")
-        .timeout(Duration::from_secs(600));
-    for e in &externals {
-        spec = spec.args(["--external".to_string(), e.clone()]);
-    }
-    // The foreground `ferry upgrade` stops reading the run directory once it
-    // sees this phase start (it must hold no file of it when frozen) and
-    // says so; without a foreground (--pid) a short wait is enough.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !ctx.run.foreground_ack().exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    ctx.state.handoff.externals = externals;
+    let spec = criu_dump(ctx, &session, &plan, &ctx.run.images(), &log, false);
+    wait_for_quiet_foreground(ctx.run);
+    ctx.state.handoff.externals = plan.externals;
     ctx.state.handoff.dump_start_unix_nano = Some(ids::now_unix_nano());
     ctx.save()?;
     let out = ctx.runner.run(&spec)?;
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    verdict(&out, &log, "the session was unfrozen and keeps running")
+}
+
+/// The foreground stops reading the run directory once it sees the dump
+/// phase start (it must hold no file of it when frozen) and says so by
+/// creating the ack; without a foreground (--pid) a short wait is enough.
+pub fn wait_for_quiet_foreground(run: &crate::state::RunDir) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !run.foreground_ack().exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Did criu say `Dumping finished successfully`? Its error lines become
+/// span events; the first one goes into the error.
+pub fn verdict(
+    out: &crate::exec::CommandOutput,
+    log: &std::path::Path,
+    after_failure: &str,
+) -> Result<(), PhaseError> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
     let errors = criu_error_lines(&text);
     emit_criu_errors(&errors);
-    if !out.success() || !text.contains("Dumping finished successfully") {
-        let first = errors
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "criu wrote no Error line".into());
-        return Err(PhaseError::new(
-            "criu_dump_failed",
-            format!(
-                "criu dump failed; the session was unfrozen and keeps running. First error: {first} (log: {})",
-                log.display()
-            ),
-        ));
+    if out.success() && text.contains("Dumping finished successfully") {
+        return Ok(());
     }
-    Ok(())
+    let first = super::first_cause(&errors).unwrap_or_else(|| "criu wrote no Error line".into());
+    Err(PhaseError::new(
+        "criu_dump_failed",
+        format!(
+            "criu dump failed; {after_failure}. First error: {first} (log: {})",
+            log.display()
+        ),
+    ))
 }

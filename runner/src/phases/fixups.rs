@@ -1,12 +1,19 @@
 //! `fixups`: what the reboot took away, put back before the restore.
 //!
-//! Files on mounts the session could not see (logind's session FIFO, lab
-//! trap F1) were dumped as externals; CRIU needs an open fd for each, handed
-//! over with `--inherit-fd`. A FIFO's contents do not survive a reboot, so a
-//! fresh FIFO of the same mode, kept under the run directory (never in
-//! logind's /run tree), stands in for it.
+//! * Files on mounts the session could not see (logind's session FIFO, lab
+//!   trap F1) were dumped as externals; CRIU needs an open fd for each,
+//!   handed over with `--inherit-fd`. A FIFO's contents do not survive a
+//!   reboot, so a fresh FIFO of the same mode, kept under the run directory
+//!   (never in logind's /run tree), stands in for it.
+//! * journald streams were dumped as externals too: each gets a fresh
+//!   connection to journald, its stream header sent first.
+//! * Files, FIFOs and directories the session had on tmpfs are put back
+//!   where they were (see [`crate::volatile`]).
+//!
+//! Every attempt runs this again; all of it is idempotent.
 
 use std::ffi::CString;
+use std::os::fd::IntoRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -39,6 +46,135 @@ impl InheritedFd {
 const FIRST_FD: i32 = 100;
 
 pub fn run(ctx: &mut Ctx<'_>) -> Result<Vec<InheritedFd>, PhaseError> {
+    let done = crate::volatile::put_back(&ctx.state.handoff.volatile)
+        .map_err(|e| PhaseError::new("fixups_volatile", e.to_string()))?;
+    for d in done {
+        tracing::info!("{d}");
+        ctx.state.notes.push(crate::notes::Note::new(
+            "fixups",
+            "tmpfs-put-back",
+            crate::notes::Level::Handled,
+            d,
+        ));
+    }
+    exec_bits(ctx)?;
+    dev_tty(ctx)?;
+    let mut out = substitutes(ctx)?;
+    out.extend(journal_streams(
+        ctx,
+        out.last().map_or(FIRST_FD, |f| f.fd + 1),
+    )?);
+    Ok(out)
+}
+
+/// Executables the upgrade left without exec bits get them back in the
+/// images (see [`crate::images`]); a later attempt finds them fixed.
+fn exec_bits(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
+    let fixes = ctx.state.handoff.exec_fixes.clone();
+    let done = crate::images::fix_exec_bits(
+        ctx.runner,
+        &ctx.run.images(),
+        &ctx.run.root.join("images-orig"),
+        &fixes,
+    )?;
+    for d in done {
+        tracing::info!("image fix: {d}");
+        ctx.state.notes.push(crate::notes::Note::new(
+            "fixups",
+            "exec-bit",
+            crate::notes::Level::Handled,
+            format!("gave back the exec bits: {d}"),
+        ));
+        ctx.state.handoff.image_fixes.push(d);
+    }
+    Ok(())
+}
+
+/// `/dev/tty` fds dumped as external ttys get opened as their pts (see
+/// [`crate::images::fix_ctty`]).
+fn dev_tty(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
+    let fixes = ctx.state.handoff.ctty_fixes.clone();
+    let done = crate::images::fix_ctty(
+        ctx.runner,
+        &ctx.run.images(),
+        &ctx.run.root.join("images-orig"),
+        &fixes,
+    )?;
+    for d in done {
+        tracing::info!("image fix: {d}");
+        ctx.state.notes.push(crate::notes::Note::new(
+            "fixups",
+            "dev-tty",
+            crate::notes::Level::Handled,
+            d.clone(),
+        ));
+        ctx.state.handoff.image_fixes.push(d);
+    }
+    Ok(())
+}
+
+/// A fresh journald stream for each one the dump left external.
+fn journal_streams(ctx: &mut Ctx<'_>, first: i32) -> Result<Vec<InheritedFd>, PhaseError> {
+    let mut out = Vec::new();
+    let mut next = first;
+    for j in ctx.state.handoff.journal.clone() {
+        let fd = crate::journal::connect(Path::new(crate::journal::STDOUT_SOCKET), &j.header)
+            .map_err(|e| {
+                PhaseError::new(
+                    "fixups_journal",
+                    format!(
+                        "cannot open a journald stream for {} ({}): {e} (is systemd-journald running?)",
+                        j.users,
+                        crate::journal::STDOUT_SOCKET
+                    ),
+                )
+            })?;
+        let target = inheritable(fd.into_raw_fd(), next)?;
+        next = target + 1;
+        let note = format!(
+            "{} gets a fresh journald stream (identifier {:?}{})",
+            j.users,
+            j.header.identifier,
+            if j.header.from_journald {
+                ", header as journald recorded it"
+            } else {
+                ", systemd-cat's default header"
+            }
+        );
+        tracing::info!(fd = target, "{note}");
+        ctx.state.notes.push(crate::notes::Note::new(
+            "fixups",
+            "journal-stream",
+            crate::notes::Level::Handled,
+            note,
+        ));
+        out.push(InheritedFd {
+            fd: target,
+            external: format!("socket:[{}]", j.inode),
+        });
+    }
+    Ok(out)
+}
+
+/// Move `fd` to the lowest free number from `from`, without `O_CLOEXEC`
+/// (what lets criu inherit it).
+fn inheritable(fd: i32, from: i32) -> Result<i32, PhaseError> {
+    let target = free_fd_from(from);
+    // SAFETY: fd is ours and valid; dup2 to a free number closes nothing.
+    let rc = unsafe { libc::dup2(fd, target) };
+    // SAFETY: fd is ours; the duplicate (if any) lives on as `target`.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(PhaseError::new(
+            "fixups",
+            format!("dup2 to fd {target}: {}", std::io::Error::last_os_error()),
+        ));
+    }
+    Ok(target)
+}
+
+/// Substitutes for the files on mounts the session could not see.
+fn substitutes(ctx: &mut Ctx<'_>) -> Result<Vec<InheritedFd>, PhaseError> {
     let Some(session) = ctx.state.session.clone() else {
         return Ok(Vec::new());
     };
@@ -58,17 +194,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<Vec<InheritedFd>, PhaseError> {
             FileType::Fifo => open_fifo(&path, inv.mode)?,
             _ => open_file(&path, inv.mode)?,
         };
-        let target = free_fd_from(next);
-        // SAFETY: both fds are valid; dup2 returns a new fd without O_CLOEXEC,
-        // which is what lets criu inherit it.
-        let rc = unsafe { libc::dup2(fd, target) };
-        unsafe { libc::close(fd) };
-        if rc < 0 {
-            return Err(PhaseError::new(
-                "fixups",
-                format!("dup2 to fd {target}: {}", std::io::Error::last_os_error()),
-            ));
-        }
+        let target = inheritable(fd, next)?;
         next = target + 1;
         tracing::info!(external = %external, original = %inv.path, substitute = %path.display(), fd = target, "substitute prepared");
         out.push(InheritedFd {

@@ -55,8 +55,21 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<KernelChoice, PhaseError> {
 /// The criu installed now (after the upgrade) is the one that restores on
 /// the new kernel: refuse known-bad pairs while nothing is frozen.
 fn check_criu_against(ctx: &Ctx<'_>, release: &str) -> Result<(), PhaseError> {
-    let out = ctx.runner.run(
-        &CommandSpec::new(ctx.config.criu.path.display().to_string())
+    match criu_problem(ctx.runner, &ctx.config.criu.path, release)? {
+        Some(problem) => Err(PhaseError::new("criu_kernel_incompatible", problem)),
+        None => Ok(()),
+    }
+}
+
+/// Why the installed criu cannot restore on kernel `release`, if a known
+/// incompatibility applies.
+pub fn criu_problem(
+    runner: &dyn crate::exec::Runner,
+    criu: &Path,
+    release: &str,
+) -> Result<Option<String>, crate::exec::ExecError> {
+    let out = runner.run(
+        &CommandSpec::new(criu.display().to_string())
             .arg("--version")
             .log_name("criu-version"),
     )?;
@@ -68,11 +81,17 @@ fn check_criu_against(ctx: &Ctx<'_>, release: &str) -> Result<(), PhaseError> {
             release,
             "cannot tell the criu or kernel version; compatibility not checked"
         );
-        return Ok(());
+        return Ok(None);
     };
-    match super::compat::criu_kernel_problem(criu, kernel) {
-        Some(problem) => Err(PhaseError::new("criu_kernel_incompatible", problem)),
-        None => Ok(()),
+    Ok(super::compat::criu_kernel_problem(criu, kernel))
+}
+
+/// The kernel a trip would boot now: `kernel.path`, or the newest in
+/// `boot`; `None` when there is none.
+pub fn target(config: &crate::config::Config, boot: &Path) -> Option<KernelChoice> {
+    match &config.kernel.path {
+        Some(image) => explicit(image, config.kernel.initrd.as_deref()).ok(),
+        None => newest_in(boot).ok(),
     }
 }
 
@@ -86,7 +105,9 @@ fn explicit(image: &Path, initrd: Option<&Path>) -> Result<KernelChoice, PhaseEr
             ),
         ));
     }
-    let release = release_of(image).unwrap_or_else(|| image.display().to_string());
+    let release = release_of_image(image)
+        .or_else(|| release_of(image))
+        .unwrap_or_else(|| image.display().to_string());
     let initrd = match initrd {
         Some(p) => Some(p.to_path_buf()),
         None => default_initrd(image.parent().unwrap_or(Path::new("/boot")), &release),
@@ -140,6 +161,33 @@ fn default_initrd(dir: &Path, release: &str) -> Option<PathBuf> {
     .find(|p| p.is_file())
 }
 
+/// The release a bzImage says it is, from its setup header: the
+/// `kernel_version` field (offset 0x20e) points, 0x200 bytes on, to a
+/// string like `6.1.0-57-cloud-amd64 (debian-kernel@…) #1 SMP …`. The file
+/// name may lie; the header is what kexec will boot.
+pub fn release_of_image(image: &Path) -> Option<String> {
+    use std::io::Read;
+    // The setup code ends within its first 64 KiB (setup_sects ≤ 127).
+    let mut head = Vec::with_capacity(0x10000);
+    std::fs::File::open(image)
+        .ok()?
+        .take(0x10000)
+        .read_to_end(&mut head)
+        .ok()?;
+    release_from_header(&head)
+}
+
+fn release_from_header(head: &[u8]) -> Option<String> {
+    if head.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let ptr = u16::from_le_bytes(head.get(0x20e..0x210)?.try_into().ok()?) as usize;
+    let text = head.get(ptr + 0x200..)?;
+    let end = text.iter().position(|&b| b == 0 || b == b' ')?;
+    let release = std::str::from_utf8(&text[..end]).ok()?;
+    (!release.is_empty()).then(|| release.to_string())
+}
+
 fn release_of(image: &Path) -> Option<String> {
     image
         .file_name()?
@@ -180,7 +228,7 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
 
     #[test]
@@ -217,6 +265,34 @@ mod tests {
             k.initrd,
             Some(dir.path().join("initrd.img-6.1.0-57-cloud-amd64"))
         );
+    }
+
+    /// A setup header as a bzImage has it: "HdrS" at 0x202, the version
+    /// string's offset (minus 0x200) at 0x20e.
+    /// The string sits where Debian's 6.1 kernels have it, past 16 KiB.
+    pub fn fake_bzimage(release: &str) -> Vec<u8> {
+        let mut img = vec![0u8; 0x5000];
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x20e..0x210].copy_from_slice(&0x42c0u16.to_le_bytes());
+        let text = format!("{release} (debian-kernel@lists.debian.org) #1 SMP\0");
+        img[0x44c0..0x44c0 + text.len()].copy_from_slice(text.as_bytes());
+        img
+    }
+
+    #[test]
+    fn the_release_comes_from_the_image_header_not_its_name_even_past_16_kib() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("vmlinuz-6.1.0-57-cloud-amd64");
+        std::fs::write(&image, fake_bzimage("6.13.0-7-cloud-amd64")).unwrap();
+        let k = explicit(&image, None).unwrap();
+        assert_eq!(k.release, "6.13.0-7-cloud-amd64");
+        // Not a bzImage: the file name it is.
+        std::fs::write(&image, b"not a kernel").unwrap();
+        assert_eq!(
+            explicit(&image, None).unwrap().release,
+            "6.1.0-57-cloud-amd64"
+        );
+        assert_eq!(release_from_header(&[0u8; 16]), None);
     }
 
     #[test]

@@ -114,8 +114,11 @@ pub fn locate_in(proc: &Procfs, start: Start) -> Result<Session, LocateError> {
         unix_sockets: Vec::new(),
         tcp: Vec::new(),
         invisible: Vec::new(),
+        files: Vec::new(),
     };
     scan_fds(proc, &tasks, &mut session)?;
+    session.files = crate::filescan::scan(proc, &session.pids(), &session.special_fds())?;
+    describe_external_peers(proc, &mut session);
     debug!(
         root,
         tasks = session.tasks.len(),
@@ -124,6 +127,7 @@ pub fn locate_in(proc: &Procfs, start: Start) -> Result<Session, LocateError> {
         unix_sockets = session.unix_sockets.len(),
         tcp = session.tcp.len(),
         invisible = session.invisible.len(),
+        files = session.files.len(),
         "session located"
     );
     Ok(session)
@@ -493,6 +497,9 @@ fn scan_fds(proc: &Procfs, tasks: &[TaskInfo], session: &mut Session) -> Result<
                     rdev: 0,
                     kind: FileKind::Unknown,
                     mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
                 },
                 Err(e) => return Err(e.into()),
             };
@@ -603,6 +610,10 @@ fn resolve_sockets(proc: &Procfs, sockets: &[PendingSocket], session: &mut Sessi
                 .as_ref()
                 .map(|_| peer.is_some_and(|p| !tree_inodes.contains(&p)));
             debug!(pid = s.pid, fd = s.fd, path = ?e.path, ?peer, ?external, "unix socket");
+            let peer_path = match (external, peer) {
+                (Some(true), Some(p)) => t.unix.get(&p).and_then(|pe| pe.path.clone()),
+                _ => None,
+            };
             session.unix_sockets.push(UnixSock {
                 pid: s.pid,
                 fd: s.fd,
@@ -613,6 +624,9 @@ fn resolve_sockets(proc: &Procfs, sockets: &[PendingSocket], session: &mut Sessi
                 listening: e.listening,
                 peer,
                 external,
+                peer_path,
+                peer_holders: Vec::new(),
+                journal: None,
             });
         } else {
             trace!(
@@ -623,6 +637,73 @@ fn resolve_sockets(proc: &Procfs, sockets: &[PendingSocket], session: &mut Sessi
             );
         }
     }
+}
+
+/// Who holds the far end of each external socket, and for a journald
+/// stream the header it was opened with: what the policy and the
+/// reconnection need, and what a refusal names.
+fn describe_external_peers(proc: &Procfs, session: &mut Session) {
+    let wanted: HashSet<u64> = session
+        .unix_sockets
+        .iter()
+        .filter(|u| u.external == Some(true))
+        .filter_map(|u| u.peer)
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    let tree: HashSet<i32> = session.pids().into_iter().collect();
+    let holders = socket_holders(proc, &wanted, &tree);
+    for i in 0..session.unix_sockets.len() {
+        let Some(peer) = session.unix_sockets[i].peer else {
+            continue;
+        };
+        if session.unix_sockets[i].external != Some(true) {
+            continue;
+        }
+        session.unix_sockets[i].peer_holders = holders.get(&peer).cloned().unwrap_or_default();
+        if session.unix_sockets[i].peer_path.as_deref() == Some(crate::journal::STDOUT_SOCKET) {
+            let pid = session.unix_sockets[i].pid;
+            let header = crate::journal::find_stream(
+                std::path::Path::new(crate::journal::STREAMS_DIR),
+                peer,
+            )
+            .unwrap_or_else(|| crate::journal::StreamHeader::defaults(session.comm_of(pid)));
+            session.unix_sockets[i].journal = Some(header);
+        }
+    }
+}
+
+/// Processes outside `tree` holding each of the socket inodes `wanted`.
+fn socket_holders(
+    proc: &Procfs,
+    wanted: &HashSet<u64>,
+    tree: &HashSet<i32>,
+) -> HashMap<u64, Vec<crate::session::Holder>> {
+    let mut out: HashMap<u64, Vec<crate::session::Holder>> = HashMap::new();
+    let Ok(pids) = proc.pids() else {
+        return out;
+    };
+    for pid in pids.into_iter().filter(|p| !tree.contains(p)) {
+        let Ok(fds) = proc.fds(pid) else { continue };
+        for (_, target) in fds {
+            let Some(ino) = procfs::bracket_inode(&target, "socket") else {
+                continue;
+            };
+            if !wanted.contains(&ino) {
+                continue;
+            }
+            let comm = proc
+                .status(pid)
+                .map(|s| s.name)
+                .unwrap_or_else(|_| "?".into());
+            let list = out.entry(ino).or_default();
+            if !list.iter().any(|h| h.pid == pid) {
+                list.push(crate::session::Holder { pid, comm });
+            }
+        }
+    }
+    out
 }
 
 fn tcp_state(s: procfs::TcpState) -> TcpConnState {

@@ -4,9 +4,11 @@
 //! phase starts and again when it ends, so a crash at any point leaves a
 //! state the next `ferry` can report.
 
+pub mod assess;
 pub mod collect;
 pub mod compat;
 pub mod dump;
+pub mod dump_plan;
 pub mod finish;
 pub mod fixups;
 pub mod handoff;
@@ -71,9 +73,33 @@ pub struct Ctx<'a> {
     pub telemetry: &'a Telemetry,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    pub fn new(
+        config: &'a Config,
+        run: &'a RunDir,
+        state: RunState,
+        runner: &'a dyn Runner,
+        telemetry: &'a Telemetry,
+    ) -> Ctx<'a> {
+        Ctx {
+            config,
+            run,
+            state,
+            runner,
+            telemetry,
+        }
+    }
+
     pub fn save(&self) -> Result<(), PhaseError> {
         self.run.save(&self.state).map_err(PhaseError::from)
+    }
+
+    /// The session `locate` recorded.
+    pub fn session(&self) -> Result<crate::session::Session, PhaseError> {
+        self.state
+            .session
+            .clone()
+            .ok_or_else(|| PhaseError::new("state", "no located session in the run state"))
     }
 }
 
@@ -163,9 +189,49 @@ pub fn criu_error_lines(log: &str) -> Vec<String> {
         .collect()
 }
 
+/// The error line that says why: the first one the failure catalog does
+/// not call a follow-up (`exited, status=`, `Restoring FAILED`) or
+/// harmless; else the first one.
+pub fn first_cause(lines: &[String]) -> Option<String> {
+    let catalog = crate::diagnose::catalog::Catalog::builtin();
+    lines
+        .iter()
+        .find(|l| {
+            let msg = crate::diagnose::parse::parse(l).msg;
+            !catalog.is_followup(msg) && !catalog.is_harmless(msg)
+        })
+        .or_else(|| lines.first())
+        .cloned()
+}
+
 /// Record CRIU's error lines as events on the current span.
 pub fn emit_criu_errors(lines: &[String]) {
     for line in lines.iter().take(50) {
         tracing::warn!(event.name = names::EVENT_CRIU_ERROR, ferry.criu.line = %line, "criu error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restore that fails on a missing file after a helper's noise: the
+    /// cause is the missing file, not the helper's exit status.
+    #[test]
+    fn the_first_cause_skips_follow_ups() {
+        let log = "(00.762160) Error (criu/util.c:642): exited, status=2\n\
+(01.368286)    380: Error (criu/files-reg.c:2185): Can't open file var/tmp/ferry-victim on restore: No such file or directory\n\
+(01.368499)    380: Error (criu/files.c:1213): Unable to open fd=9 id=0x31\n\
+(01.369365) Error (criu/cr-restore.c:2537): Restoring FAILED.\n";
+        let lines = criu_error_lines(log);
+        assert_eq!(lines.len(), 4);
+        assert!(first_cause(&lines).unwrap().contains("ferry-victim"));
+        let only_noise = criu_error_lines("Error (criu/cr-restore.c:1): Restoring FAILED.\n");
+        assert!(
+            first_cause(&only_noise)
+                .unwrap()
+                .contains("Restoring FAILED")
+        );
+        assert_eq!(first_cause(&[]), None);
     }
 }

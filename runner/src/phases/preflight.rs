@@ -17,11 +17,13 @@ pub struct Problem {
 }
 
 /// Checks that need no run directory. `kexec_load_disabled` is read from
-/// `kexec_sysctl` (a path, for tests); the backends' credentials from `env`.
+/// `kexec_sysctl`, kernels from `boot` (paths, for tests); the backends' credentials
+/// from `env`.
 pub fn check(
     config: &Config,
     runner: &dyn Runner,
     kexec_sysctl: &Path,
+    boot: &Path,
     env: crate::destinations::Env<'_>,
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
@@ -54,6 +56,18 @@ pub fn check(
             ),
         ),
         Err(e) => fail("criu", e.to_string()),
+    }
+
+    // The kernel about to be booted against the criu that will restore on
+    // it. The upgrade may change both: the kernel phase checks again.
+    if let Some(target) = super::kernel::target(config, boot) {
+        match super::kernel::criu_problem(runner, &config.criu.path, &target.release) {
+            Ok(Some(problem)) => fail("criu_kernel", problem),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "criu --version failed; the criu check reports it")
+            }
+        }
     }
 
     for (tool, hint) in [
@@ -203,10 +217,21 @@ mod tests {
                     hint: spec.missing_hint.clone().unwrap_or_default(),
                 });
             }
+            let stdout = if spec.args.first().map(String::as_str) == Some("--version") {
+                "Version: 3.17.1\n".to_string()
+            } else {
+                self.0.to_string()
+            };
             Ok(CommandOutput {
                 command: spec.display(),
-                code: Some(if self.0.contains("Looks good") { 0 } else { 1 }),
-                stdout: self.0.to_string(),
+                code: Some(
+                    if self.0.contains("Looks good") || spec.args[0] == "--version" {
+                        0
+                    } else {
+                        1
+                    },
+                ),
+                stdout,
                 stderr: String::new(),
                 log_file: None,
                 duration: Default::default(),
@@ -233,6 +258,7 @@ mod tests {
             &config_in(dir.path()),
             &FakeCriu("missing"),
             &sysctl,
+            dir.path(),
             &|_| None,
         );
         let criu = problems.iter().find(|p| p.check == "criu").unwrap();
@@ -252,6 +278,7 @@ mod tests {
             &config_in(dir.path()),
             &FakeCriu("Looks good.\n"),
             &sysctl,
+            dir.path(),
             &|_| None,
         );
         assert!(
@@ -273,6 +300,7 @@ mod tests {
             &config,
             &FakeCriu("Looks good."),
             &dir.path().join("nope"),
+            dir.path(),
             &|_| None,
         );
         let p = problems.iter().find(|p| p.check == "spool").unwrap();
@@ -288,9 +316,52 @@ mod tests {
         std::fs::write(&blocker, "").unwrap();
         let mut config = config_in(dir.path());
         config.state_dir = blocker.join("sub");
-        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl, &|_| None);
+        let problems = check(
+            &config,
+            &FakeCriu("Looks good.\n"),
+            &sysctl,
+            dir.path(),
+            &|_| None,
+        );
         let p = problems.iter().find(|p| p.check == "state_dir").unwrap();
         assert!(p.message.contains("FERRY_STATE_DIR"), "{}", p.message);
+    }
+
+    /// Case 6: criu 3.17.1 (Debian 12) and a kernel with the split vDSO
+    /// about to be booted: refused with the remedy, before anything.
+    #[test]
+    fn old_criu_against_the_kernel_about_to_be_booted() {
+        let dir = tempfile::tempdir().unwrap();
+        let sysctl = dir.path().join("kexec_load_disabled");
+        std::fs::write(&sysctl, "0\n").unwrap();
+        let boot = dir.path().join("boot");
+        std::fs::create_dir(&boot).unwrap();
+        std::fs::write(boot.join("vmlinuz-6.1.0-57-cloud-amd64"), "").unwrap();
+        let criu = FakeCriu("Looks good.\n");
+        let config = config_in(dir.path());
+        let found = |problems: &[Problem]| problems.iter().any(|p| p.check == "criu_kernel");
+        assert!(!found(&check(&config, &criu, &sysctl, &boot, &|_| None)));
+        // The newest in /boot is what would be booted.
+        std::fs::write(boot.join("vmlinuz-6.13.0-1-amd64"), "").unwrap();
+        let problems = check(&config, &criu, &sysctl, &boot, &|_| None);
+        let p = problems.iter().find(|p| p.check == "criu_kernel").unwrap();
+        assert!(
+            p.message
+                .contains("criu 3.17.1 cannot restore on kernel 6.13")
+                && p.message.contains("criu 4.1 or newer"),
+            "{}",
+            p.message
+        );
+        // --kernel names another one: its header decides.
+        let mut config = config_in(dir.path());
+        let image = boot.join("vmlinuz-custom");
+        std::fs::write(
+            &image,
+            crate::phases::kernel::tests::fake_bzimage("6.1.0-58-cloud-amd64"),
+        )
+        .unwrap();
+        config.kernel.path = Some(image);
+        assert!(!found(&check(&config, &criu, &sysctl, &boot, &|_| None)));
     }
 
     #[test]
@@ -300,7 +371,13 @@ mod tests {
         std::fs::write(&sysctl, "0\n").unwrap();
         let mut config = config_in(dir.path());
         config.ship.backends = vec!["dir".into(), "github".into()];
-        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl, &|_| None);
+        let problems = check(
+            &config,
+            &FakeCriu("Looks good.\n"),
+            &sysctl,
+            dir.path(),
+            &|_| None,
+        );
         let p = problems.iter().find(|p| p.check == "backends").unwrap();
         assert!(
             p.message.contains("ACTIONS_RUNTIME_TOKEN") && p.message.contains("github-script"),
@@ -308,7 +385,13 @@ mod tests {
             p.message
         );
         config.ship.backends = vec!["dri".into()];
-        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl, &|_| None);
+        let problems = check(
+            &config,
+            &FakeCriu("Looks good.\n"),
+            &sysctl,
+            dir.path(),
+            &|_| None,
+        );
         assert!(
             problems
                 .iter()
@@ -323,13 +406,25 @@ mod tests {
         std::fs::write(&sysctl, "0\n").unwrap();
         let mut config = config_in(dir.path());
         config.ship.dir = dir.path().join("bundles");
-        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl, &|_| None);
+        let problems = check(
+            &config,
+            &FakeCriu("Looks good.\n"),
+            &sysctl,
+            dir.path(),
+            &|_| None,
+        );
         assert!(
             !problems.iter().any(|p| p.check == "backends"),
             "{problems:?}"
         );
         config.ship.backends = vec!["dir".into(), "s3".into()];
-        let problems = check(&config, &FakeCriu("Looks good.\n"), &sysctl, &|_| None);
+        let problems = check(
+            &config,
+            &FakeCriu("Looks good.\n"),
+            &sysctl,
+            dir.path(),
+            &|_| None,
+        );
         let p = problems.iter().find(|p| p.check == "backends").unwrap();
         assert!(p.message.contains("FERRY_SHIP_S3_BUCKET"), "{}", p.message);
     }

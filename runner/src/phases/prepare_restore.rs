@@ -14,6 +14,7 @@ use super::{Ctx, PhaseError};
 pub const CRIU_LOCK_MARK: &str = "0xc114";
 
 pub fn run(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
+    save_volatile(ctx)?;
     let mut restores = Vec::new();
     let mut files = Vec::new();
     let mut lock_rules = Vec::new();
@@ -75,6 +76,26 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
 
     install_units(ctx, Path::new(units::UNIT_DIR), &restores)?;
     Ok(())
+}
+
+/// The session is frozen and gone: what it had on tmpfs cannot change now
+/// and is saved for the next boot.
+fn save_volatile(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
+    let session = ctx.session()?;
+    let saved = crate::volatile::save(
+        &session,
+        &ctx.run.root.join("volatile"),
+        &crate::volatile::host_fs_of,
+    )
+    .map_err(|e| PhaseError::new("volatile_save", e.to_string()))?;
+    if !saved.is_empty() {
+        tracing::info!(
+            paths = saved.len(),
+            "files on tmpfs saved to be put back after the reboot"
+        );
+    }
+    ctx.state.handoff.volatile = saved;
+    ctx.save()
 }
 
 /// A CRIU lock rule in `iptables-save` output (with or without the

@@ -7,11 +7,7 @@ use crate::session::TcpConnState;
 use super::{Ctx, PhaseError};
 
 pub fn run(ctx: &mut Ctx<'_>, proc: &Procfs) -> Result<(), PhaseError> {
-    let session = ctx
-        .state
-        .session
-        .clone()
-        .ok_or_else(|| PhaseError::new("state", "no located session in the run state"))?;
+    let session = ctx.session()?;
     let root = ctx
         .state
         .handoff

@@ -21,12 +21,16 @@ pub const SPAN_SHIP_PREFIX: &str = ferry_uploaders::spool::SPAN_SHIP_PREFIX;
 pub const PHASES_BEFORE: &[&str] = &[
     "preflight",
     "locate",
+    "assess",
     "upgrade",
     "kernel",
     "dump",
     "prepare-restore",
     "handoff",
 ];
+/// Phases only `ferry rehearse` runs (with preflight, locate, assess,
+/// kernel and dump).
+pub const PHASES_REHEARSAL: &[&str] = &["upgrade-preview"];
 pub const PHASES_AFTER: &[&str] = &[
     "netfilter",
     "fixups",
@@ -139,6 +143,7 @@ pub fn all_span_names() -> Vec<&'static str> {
     let mut v = vec![SPAN_RUN];
     v.extend_from_slice(PHASES_BEFORE);
     v.extend_from_slice(PHASES_AFTER);
+    v.extend_from_slice(PHASES_REHEARSAL);
     v
 }
 
