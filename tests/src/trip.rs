@@ -35,11 +35,19 @@ pub fn install_ferry(guest: &Guest) -> Result<()> {
 /// echoes each line it is sent as `echo:<line>`, and runs `ferry upgrade`
 /// in the foreground, then prints `FERRY-EXIT=<code> <kernel>`.
 pub fn session_script(ferry_env: &str, ferry_args: &str) -> String {
+    session_script_with("", &format!("{ferry_env} ferry upgrade {ferry_args}"))
+}
+
+/// [`session_script`] with shell `setup` run first (open files, start
+/// helpers) and `command` (say `sudo ferry rehearse`) in place of the
+/// upgrade; `FERRY-EXIT=<code> <kernel>` follows it.
+pub fn session_script_with(setup: &str, command: &str) -> String {
     let script = format!(
         "exec 3<&0\n\
+         {setup}\n\
          (while :; do echo \"tick $(date +%T) $(uname -r)\"; sleep 1; done) &\n\
          (while :; do if read -r -t 1 -u 3 l; then echo \"echo:$l\"; fi; done) &\n\
-         {ferry_env} ferry upgrade {ferry_args}; echo \"FERRY-EXIT=$? $(uname -r)\"\n\
+         {command}; echo \"FERRY-EXIT=$? $(uname -r)\"\n\
          wait\n"
     );
     format!("bash -c {}", shell_quote(&script))
