@@ -41,12 +41,17 @@ pub fn session_script(ferry_env: &str, ferry_args: &str) -> String {
 /// [`session_script`] with shell `setup` run first (open files, start
 /// helpers) and `command` (say `sudo ferry rehearse`) in place of the
 /// upgrade; `FERRY-EXIT=<code> <kernel>` follows it.
+///
+/// The echo loop blocks in `read` with no timeout: bash's `read -t` drops
+/// the bytes it has read when its timer expires in the middle of a line
+/// (an echo test once saw `echo:fter-failed-dump`). A failed read (EOF or
+/// EIO while the terminal is being carried) waits a second and reads again.
 pub fn session_script_with(setup: &str, command: &str) -> String {
     let script = format!(
         "exec 3<&0\n\
          {setup}\n\
          (while :; do echo \"tick $(date +%T) $(uname -r)\"; sleep 1; done) &\n\
-         (while :; do if read -r -t 1 -u 3 l; then echo \"echo:$l\"; fi; done) &\n\
+         (while :; do if read -r -u 3 l; then echo \"echo:$l\"; else sleep 1; fi; done) &\n\
          {command}; echo \"FERRY-EXIT=$? $(uname -r)\"\n\
          wait\n"
     );

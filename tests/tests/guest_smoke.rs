@@ -83,9 +83,10 @@ fn check_guest(guest: &Guest) -> Result<()> {
     );
 
     // A pty session: output is timestamped, input reaches the remote side.
+    // (No `read -t`: bash drops a half-read line when its timer expires.)
     let session = Session::start(
         guest,
-        "while :; do if read -r -t 1 l; then echo \"echo:$l\"; else echo \"tick $(date +%T) $(uname -r)\"; fi; done",
+        "(while :; do echo \"tick $(date +%T) $(uname -r)\"; sleep 1; done) & while :; do if read -r l; then echo \"echo:$l\"; else sleep 1; fi; done",
     )?;
     session.wait_for("tick ", Duration::from_secs(60))?;
     session.send_line("hello-ferry")?;
