@@ -2,8 +2,10 @@
 //! binary and parsed once. The data decides what `ferry diagnose` knows; this
 //! file only knows how to match it.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use serde::Deserialize;
 
 /// The catalog's text, as shipped in the binary.
@@ -24,6 +26,9 @@ pub enum CatalogError {
 pub struct Glob {
     pub source: String,
     pieces: Vec<String>,
+    /// Each piece's number in the catalog's [`PieceIndex`] (empty until the
+    /// glob joins a catalog).
+    piece_ids: Vec<usize>,
 }
 
 impl Glob {
@@ -35,7 +40,19 @@ impl Glob {
                 .filter(|p| !p.is_empty())
                 .map(str::to_string)
                 .collect(),
+            piece_ids: Vec::new(),
         }
+    }
+
+    /// Could it match a text holding the pieces in `present`? (They must
+    /// still be in order: [`Glob::is_match`] decides.)
+    fn may_match(&self, present: &Present) -> bool {
+        self.piece_ids.iter().all(|&i| present.has(i))
+    }
+
+    /// [`Glob::is_match`], skipped when a piece is missing from the text.
+    fn matches(&self, text: &str, present: &Present) -> bool {
+        self.may_match(present) && self.is_match(text)
     }
 
     /// The text the scanner searches for: everything before the first `*`.
@@ -123,6 +140,79 @@ pub struct Catalog {
     pub followups: Vec<Glob>,
     pub harmless: Vec<Glob>,
     pub kinds: Vec<Kind>,
+    pieces: PieceIndex,
+}
+
+/// Every literal piece of every pattern in one automaton: a line is searched
+/// once, and only the globs whose pieces all occur in it are tried. (A glob
+/// loop over the whole catalog cost most of `ferry diagnose`'s time on logs
+/// with many error lines.)
+#[derive(Debug, Clone)]
+struct PieceIndex {
+    ac: AhoCorasick,
+    len: usize,
+}
+
+/// Which pieces of the index occur in one text.
+struct Present(Vec<u64>);
+
+impl Present {
+    fn has(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+}
+
+impl PieceIndex {
+    /// Numbers every distinct piece of `globs` and records the numbers in
+    /// each glob.
+    fn build<'a>(globs: impl Iterator<Item = &'a mut Glob>) -> PieceIndex {
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut pieces: Vec<String> = Vec::new();
+        for g in globs {
+            g.piece_ids = g
+                .pieces
+                .iter()
+                .map(|p| {
+                    *ids.entry(p.clone()).or_insert_with(|| {
+                        pieces.push(p.clone());
+                        pieces.len() - 1
+                    })
+                })
+                .collect();
+        }
+        let ac = match AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&pieces)
+        {
+            Ok(ac) => ac,
+            // Only a pattern set far beyond any catalog's size can fail.
+            Err(e) => panic!("cannot build the failure catalog's matcher: {e}"),
+        };
+        PieceIndex {
+            ac,
+            len: pieces.len(),
+        }
+    }
+
+    fn present(&self, text: &str) -> Present {
+        let mut bits = vec![0u64; self.len.div_ceil(64)];
+        for m in self.ac.find_overlapping_iter(text) {
+            let i = m.pattern().as_usize();
+            bits[i / 64] |= 1 << (i % 64);
+        }
+        Present(bits)
+    }
+}
+
+/// What the catalog says of one log message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Classified {
+    /// The first kind that matches.
+    pub kind: Option<usize>,
+    /// An error line the catalog calls a generic follow-up.
+    pub followup: bool,
+    /// An error line no kind matches that the catalog calls harmless.
+    pub harmless: bool,
 }
 
 /// What a line of a CRIU log is, for diagnosis.
@@ -194,10 +284,22 @@ impl Catalog {
                 sources: k.sources,
             });
         }
+        let mut followups = globs(&raw.followups.errors);
+        let mut harmless = globs(&raw.harmless.errors);
+        let pieces = PieceIndex::build(followups.iter_mut().chain(harmless.iter_mut()).chain(
+            kinds.iter_mut().flat_map(|k| {
+                k.errors
+                    .iter_mut()
+                    .chain(k.warnings.iter_mut())
+                    .chain(k.lines.iter_mut())
+                    .chain(k.dmesg.iter_mut())
+            }),
+        ));
         Ok(Catalog {
-            followups: globs(&raw.followups.errors),
-            harmless: globs(&raw.harmless.errors),
+            followups,
+            harmless,
             kinds,
+            pieces,
         })
     }
 
@@ -218,30 +320,52 @@ impl Catalog {
 
     /// Index of the first kind matching a CRIU log message at `level`.
     pub fn match_log(&self, level: Level, msg: &str) -> Option<usize> {
+        self.match_log_in(level, msg, &self.pieces.present(msg))
+    }
+
+    fn match_log_in(&self, level: Level, msg: &str, present: &Present) -> Option<usize> {
         self.kinds.iter().position(|k| {
             let by_level = match level {
                 Level::Error => &k.errors,
                 Level::Warn => &k.warnings,
                 Level::Other => &k.lines,
             };
-            by_level.iter().any(|g| g.is_match(msg))
-                || (level != Level::Other && k.lines.iter().any(|g| g.is_match(msg)))
+            by_level.iter().any(|g| g.matches(msg, present))
+                || (level != Level::Other && k.lines.iter().any(|g| g.matches(msg, present)))
         })
     }
 
     /// Index of the first kind matching a dmesg line.
     pub fn match_dmesg(&self, line: &str) -> Option<usize> {
+        let present = self.pieces.present(line);
         self.kinds
             .iter()
-            .position(|k| k.dmesg.iter().any(|g| g.is_match(line)))
+            .position(|k| k.dmesg.iter().any(|g| g.matches(line, &present)))
     }
 
     pub fn is_followup(&self, msg: &str) -> bool {
-        self.followups.iter().any(|g| g.is_match(msg))
+        let present = self.pieces.present(msg);
+        self.followups.iter().any(|g| g.matches(msg, &present))
     }
 
     pub fn is_harmless(&self, msg: &str) -> bool {
-        self.harmless.iter().any(|g| g.is_match(msg))
+        let present = self.pieces.present(msg);
+        self.harmless.iter().any(|g| g.matches(msg, &present))
+    }
+
+    /// What the catalog says of one CRIU log message at `level`, with the
+    /// message searched once.
+    pub fn classify(&self, level: Level, msg: &str) -> Classified {
+        let present = self.pieces.present(msg);
+        let kind = self.match_log_in(level, msg, &present);
+        let error = level == Level::Error;
+        Classified {
+            kind,
+            followup: error && self.followups.iter().any(|g| g.matches(msg, &present)),
+            harmless: error
+                && kind.is_none()
+                && self.harmless.iter().any(|g| g.matches(msg, &present)),
+        }
     }
 
     /// Literal texts the log scanner must stop at besides `Error (` and
@@ -340,6 +464,74 @@ mod tests {
         assert!(Glob::new("a*b*c").is_match("xaxbxcx"));
         assert!(!Glob::new("a*b*c").is_match("xaxcxbx"));
         assert_eq!(Glob::new("*x").anchor(), None);
+    }
+
+    /// The piece index only narrows the search: order still counts, and
+    /// pieces that overlap or repeat in a line are all seen.
+    #[test]
+    fn piece_index_keeps_glob_semantics() {
+        let text = r#"
+[followups]
+errors = ["Dumping FAILED*"]
+[harmless]
+errors = ["Can't read*ignored"]
+[[kind]]
+id = "ordered"
+phase = "dump"
+title = "t"
+errors = ["first * second"]
+cause = "c"
+remedy = "r"
+[[kind]]
+id = "overlap"
+phase = "dump"
+title = "t"
+errors = ["abc*bcd"]
+warnings = ["abcd"]
+cause = "c"
+remedy = "r"
+[[kind]]
+id = "twice"
+phase = "dump"
+title = "t"
+errors = ["xy*xy"]
+lines = ["Helper said *"]
+cause = "c"
+remedy = "r"
+"#;
+        let c = Catalog::parse(text).unwrap();
+        let id = |k: Option<usize>| k.map(|i| c.kinds[i].id.as_str());
+        assert_eq!(
+            id(c.match_log(Level::Error, "first then second")),
+            Some("ordered")
+        );
+        assert_eq!(id(c.match_log(Level::Error, "second then first ")), None);
+        assert_eq!(id(c.match_log(Level::Error, "abcbcd")), Some("overlap"));
+        assert_eq!(
+            id(c.match_log(Level::Error, "abcd")),
+            None,
+            "bcd must follow abc"
+        );
+        assert_eq!(id(c.match_log(Level::Warn, "xabcdx")), Some("overlap"));
+        assert_eq!(id(c.match_log(Level::Error, "xyxy")), Some("twice"));
+        assert_eq!(id(c.match_log(Level::Error, "xy")), None);
+        assert_eq!(
+            id(c.match_log(Level::Error, "Helper said no")),
+            Some("twice")
+        );
+        assert_eq!(
+            id(c.match_log(Level::Other, "Helper said no")),
+            Some("twice")
+        );
+        assert!(c.is_followup("Dumping FAILED."));
+        assert!(c.is_harmless("Can't read x, ignored"));
+        assert!(!c.is_harmless("ignored: Can't read x"));
+        let cl = c.classify(Level::Error, "Dumping FAILED.");
+        assert!(cl.followup && !cl.harmless && cl.kind.is_none());
+        let cl = c.classify(Level::Warn, "Dumping FAILED.");
+        assert!(!cl.followup, "only error lines are follow-ups");
+        let cl = c.classify(Level::Error, "Can't read y ignored");
+        assert!(cl.harmless && !cl.followup);
     }
 
     #[test]

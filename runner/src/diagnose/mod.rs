@@ -229,6 +229,14 @@ struct CriuLog {
 }
 
 impl CriuLog {
+    /// Would [`CriuLog::add_kind`] keep another line of kind `k`?
+    fn wants_evidence(&self, k: usize) -> bool {
+        self.kinds
+            .iter()
+            .find(|(i, _)| *i == k)
+            .is_none_or(|(_, v)| v.len() < MAX_EVIDENCE)
+    }
+
     fn add_kind(&mut self, k: usize, e: Event) {
         match self.kinds.iter_mut().find(|(i, _)| *i == k) {
             Some((_, v)) if v.len() < MAX_EVIDENCE => v.push(e),
@@ -286,6 +294,10 @@ fn read_criu(path: &Path, cat: &Catalog) -> Result<(CriuLog, scan::ScanStats), D
             // Helper output and info lines count only when the catalog
             // knows them.
             if let Some(k) = cat.match_log(Level::Other, msg) {
+                // Repeats past the evidence cap cost nothing more.
+                if !log.wants_evidence(k) && (log.root.is_some() || !cat.kinds[k].fatal) {
+                    return;
+                }
                 let e = event(&hit, &joined);
                 if cat.kinds[k].fatal && log.root.is_none() {
                     log.root = Some((e.clone(), Some(k)));
@@ -315,9 +327,11 @@ fn read_criu(path: &Path, cat: &Catalog) -> Result<(CriuLog, scan::ScanStats), D
         } else {
             log.warnings += 1;
         }
-        let followup = p.level == Level::Error && cat.is_followup(msg);
-        let kind = cat.match_log(p.level, msg);
-        let harmless = kind.is_none() && p.level == Level::Error && cat.is_harmless(msg);
+        let catalog::Classified {
+            kind,
+            followup,
+            harmless,
+        } = cat.classify(p.level, msg);
         if harmless {
             return;
         }
@@ -337,6 +351,11 @@ fn read_criu(path: &Path, cat: &Catalog) -> Result<(CriuLog, scan::ScanStats), D
             if keep_relevant {
                 log.relevant.push(event(&hit, &joined));
             }
+            return;
+        }
+        let wanted =
+            keep_relevant || log.root.is_none() || kind.is_some_and(|k| log.wants_evidence(k));
+        if !wanted {
             return;
         }
         let e = event(&hit, &joined);
