@@ -60,6 +60,20 @@ pub fn resume(run: &RunDir, telemetry: &Telemetry) -> Result<i32, TripError> {
         );
         return Ok(1);
     }
+    // The attempt starts here, not when criu runs: one that fails in
+    // netfilter or fixups is an attempt too (counted, retried, given up).
+    ctx.state
+        .handoff
+        .restore_attempts
+        .push(crate::state::Attempt {
+            number,
+            boot_id: crate::host::boot_id(),
+            start_unix_nano: ids::now_unix_nano(),
+            end_unix_nano: None,
+            error: None,
+            log: phases::restore::RESTORE_LOG.into(),
+        });
+    ctx.save()?;
     let restored = run_phase(&mut ctx, "netfilter", phases::netfilter::run)
         .and_then(|_| run_phase(&mut ctx, "fixups", phases::fixups::run))
         .and_then(|inherited| {
@@ -68,6 +82,13 @@ pub fn resume(run: &RunDir, telemetry: &Telemetry) -> Result<i32, TripError> {
     let mut handle = match restored {
         Ok(h) => h,
         Err(e) => {
+            if let Some(a) = ctx.state.handoff.restore_attempts.last_mut()
+                && a.end_unix_nano.is_none()
+            {
+                a.end_unix_nano = Some(ids::now_unix_nano());
+                a.error = Some(e.message.clone());
+            }
+            let _ = ctx.save();
             attempt_failed(&mut ctx, number, limit, &e);
             return Ok(1);
         }
@@ -301,7 +322,24 @@ pub fn retry(run: &RunDir) -> Result<i32, TripError> {
                 ),
             )));
         }
+        // A second restore of a live session would load the saved rules
+        // over its connection and restore the same images again.
+        Some(a) if a.error.is_none() => {
+            return Err(TripError::Phase(phases::PhaseError::new(
+                "retry",
+                format!(
+                    "restore attempt {} of run {} succeeded: the session runs, nothing to retry",
+                    a.number, state.run_id
+                ),
+            )));
+        }
         Some(_) => {}
+    }
+    if let Some(reason) = &state.handoff.gave_up {
+        return Err(TripError::Phase(phases::PhaseError::new(
+            "retry",
+            format!("run {} gave up: {reason}", state.run_id),
+        )));
     }
     let number = attempts.len() as u32 + 1;
     let limit = config.criu.restore_attempts.max(1);
@@ -488,6 +526,37 @@ mod tests {
         });
         edit(&mut v);
         std::fs::write(run.state_file(), v.to_string()).unwrap();
+    }
+
+    /// Regression: `--retry` after a restore that worked restored the same
+    /// images again and loaded the saved rules over the live connection.
+    #[test]
+    fn retry_refuses_a_run_whose_last_attempt_worked_or_that_gave_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let attempt = |error: serde_json::Value| {
+            serde_json::json!([
+                {"number": 1, "boot_id": "b", "start_unix_nano": 1, "end_unix_nano": 2,
+                 "error": error, "log": "restore.log"}
+            ])
+        };
+        let id = "20260101T000000Z-aaaaaa";
+        run_with(dir.path(), id, |v| {
+            v["handoff"]["restore_attempts"] = attempt(serde_json::Value::Null);
+        });
+        let e = retry(&RunDir::new(dir.path().join(id)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("attempt 1") && e.contains("succeeded"), "{e}");
+
+        let id = "20260102T000000Z-bbbbbb";
+        run_with(dir.path(), id, |v| {
+            v["handoff"]["restore_attempts"] = attempt("criu restore failed".into());
+            v["handoff"]["gave_up"] = "all 1 restore attempts were used".into();
+        });
+        let e = retry(&RunDir::new(dir.path().join(id)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gave up: all 1 restore attempts"), "{e}");
     }
 
     #[test]
