@@ -46,27 +46,28 @@ pub struct RestoreHandle {
 
 pub fn run(ctx: &mut Ctx<'_>, inherited: &[InheritedFd]) -> Result<RestoreHandle, PhaseError> {
     let log = ctx.run.logs().join(RESTORE_LOG);
-    // Each attempt's log is kept; restore.log is always the latest.
-    let number = ctx.state.handoff.restore_attempts.len() as u32 + 1;
-    if number > 1 && log.exists() {
-        let _ = std::fs::rename(
-            &log,
-            ctx.run
-                .logs()
-                .join(format!("restore-attempt-{}.log", number - 1)),
-        );
-    }
-    ctx.state
+    // `ferry resume` opened this attempt (so one that fails before criu
+    // runs still counts). Each attempt's log is kept; restore.log is always
+    // the latest.
+    let number = ctx
+        .state
         .handoff
         .restore_attempts
-        .push(crate::state::Attempt {
-            number,
-            boot_id: crate::host::boot_id(),
-            start_unix_nano: ids::now_unix_nano(),
-            end_unix_nano: None,
-            error: None,
-            log: RESTORE_LOG.into(),
-        });
+        .last()
+        .map_or(1, |a| a.number);
+    if number > 1 && log.exists() {
+        let kept = format!("restore-attempt-{}.log", number - 1);
+        if std::fs::rename(&log, ctx.run.logs().join(&kept)).is_ok()
+            && let Some(previous) = ctx
+                .state
+                .handoff
+                .restore_attempts
+                .iter_mut()
+                .find(|a| a.number == number - 1)
+        {
+            previous.log = kept;
+        }
+    }
     let indexes = pty_indexes(ctx.state.session.as_ref());
     let pty = (!indexes.is_empty()).then(|| {
         let taken = taken_ptys(&Procfs::host(), &indexes);
@@ -241,6 +242,17 @@ fn start_and_wait(
             ));
         }
         if started.elapsed() > limit {
+            // criu is the namespace's init, unshare's child: killing only
+            // unshare would leave it restoring, racing a retry of the same
+            // images. Killing the init ends every task in the namespace.
+            if let Some(init) = first_child(&Procfs::host(), child.id() as i32) {
+                // SAFETY: kill(2) with a pid read from /proc just now: a
+                // child of our own child, which cannot be reaped by anyone
+                // else while unshare waits for it.
+                unsafe {
+                    libc::kill(init, libc::SIGKILL);
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
             return Err(PhaseError::new(
