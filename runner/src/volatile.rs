@@ -75,6 +75,16 @@ pub fn save(
             path: f.path.clone(),
             source,
         };
+        // `locate` read these before the upgrade; the session may have
+        // grown, chmod-ed or removed them since. What counts is now (the
+        // tree is dead: nothing changes them any more). A path gone by now
+        // is no longer the session's by name: criu carries a deleted file
+        // still open in its images.
+        let md = match std::fs::symlink_metadata(&f.path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err(e)),
+        };
         let copy = if f.file_type == FileType::File {
             std::fs::create_dir_all(dir).map_err(err)?;
             let dest = dir.join(format!("{i}"));
@@ -87,10 +97,14 @@ pub fn save(
         out.push(Saved {
             path: f.path.clone(),
             file_type: f.file_type,
-            mode: f.mode,
-            uid: f.uid,
-            gid: f.gid,
-            size: f.size,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            size: if f.file_type == FileType::File {
+                md.len()
+            } else {
+                0
+            },
             copy,
             parents: parents(Path::new(&f.path), fs_of).map_err(err)?,
         });
@@ -394,6 +408,35 @@ mod tests {
             0o750
         );
         // And again: idempotent.
+        assert!(put_back(&saved).unwrap().is_empty());
+    }
+
+    /// Regression: the save took sizes and modes from `locate`, before the
+    /// upgrade. A log the session kept writing then failed the in-place
+    /// restore with a clash, and a file it removed meanwhile failed the save.
+    #[test]
+    fn the_save_takes_files_as_they_are_at_the_dump() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = tmp.path().join("job.log");
+        std::fs::write(&log, b"early").unwrap();
+        let gone = tmp.path().join("gone");
+        std::fs::write(&gone, b"x").unwrap();
+        let mut session = crate::session::tests::sample();
+        session.files = vec![
+            used(&log, FileType::File, 0o644),
+            used(&gone, FileType::File, 0o644),
+        ];
+        // After `locate`: the job writes on, chmods, removes the other.
+        std::fs::write(&log, b"early and later lines").unwrap();
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(&gone).unwrap();
+
+        let fs_of = |_: &Path| Some("tmpfs".to_string());
+        let saved = save(&session, &tmp.path().join("saved"), &fs_of).unwrap();
+        assert_eq!(saved.len(), 1, "{saved:?}");
+        assert_eq!(saved[0].size, 21);
+        assert_eq!(saved[0].mode, 0o600);
+        // On the old kernel (the in-place restore) it is found as saved.
         assert!(put_back(&saved).unwrap().is_empty());
     }
 
