@@ -58,6 +58,13 @@ impl Crit<'_> {
 
     /// Write `json` back as `img`, keeping the first original in `orig`.
     pub fn encode(&self, json: &Value, img: &Path, orig: &Path) -> Result<(), PhaseError> {
+        self.stage(json, img, orig)?.commit()
+    }
+
+    /// Encodes `json` next to `img` (keeping the original in `orig` first)
+    /// without replacing it yet: images that must change together are all
+    /// encoded before any is replaced.
+    fn stage(&self, json: &Value, img: &Path, orig: &Path) -> Result<Staged, PhaseError> {
         let name = img
             .file_name()
             .ok_or_else(|| err(format!("{} has no file name", img.display())))?;
@@ -86,8 +93,23 @@ impl Crit<'_> {
             .and_then(|o| o.check().map_err(PhaseError::from));
         let _ = std::fs::remove_file(&input);
         ran?;
-        std::fs::rename(&output, img)
-            .map_err(|e| err(format!("cannot replace {}: {e}", img.display())))
+        Ok(Staged {
+            new: output,
+            img: img.to_path_buf(),
+        })
+    }
+}
+
+/// An image encoded beside the one it replaces.
+struct Staged {
+    new: PathBuf,
+    img: PathBuf,
+}
+
+impl Staged {
+    fn commit(self) -> Result<(), PhaseError> {
+        std::fs::rename(&self.new, &self.img)
+            .map_err(|e| err(format!("cannot replace {}: {e}", self.img.display())))
     }
 }
 
@@ -301,9 +323,15 @@ pub fn fix_ctty(
                 .is_some_and(|id| made.contains_key(&id))
         });
     }
-    crit.encode(&files, &files_img, orig)?;
+    // files.img and the fdinfo images refer to each other's ids: a crit
+    // failure between two replacements would leave fds pointing at files
+    // that are gone, and a later attempt would take them for fixed.
+    let mut staged = vec![crit.stage(&files, &files_img, orig)?];
     for (files_id, table) in &tables {
-        crit.encode(table, &images.join(format!("fdinfo-{files_id}.img")), orig)?;
+        staged.push(crit.stage(table, &images.join(format!("fdinfo-{files_id}.img")), orig)?);
+    }
+    for s in staged {
+        s.commit()?;
     }
     Ok(done)
 }
