@@ -64,6 +64,17 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
         tracing::info!("{}", n.line());
     }
     ctx.state.notes.extend(plan.notes.clone());
+    // The image fixes are made with crit after the reboot (and before an
+    // in-place restore): without it neither restore could work, so the
+    // trip stops here, before anything freezes.
+    if (!plan.exec_fixes.is_empty() || !plan.ctty_fixes.is_empty())
+        && super::preflight::which("crit").is_none()
+    {
+        return Err(PhaseError::new(
+            "crit_missing",
+            "the session's images need fixing with crit after the reboot (exec bits, /dev/tty), but crit is not installed; nothing was frozen. Fix: install crit (on Debian it comes with the criu package) and run the trip again",
+        ));
+    }
     ctx.state.handoff.exec_fixes = plan.exec_fixes.clone();
     ctx.state.handoff.journal = plan.journal.clone();
     ctx.state.handoff.ctty_fixes = plan.ctty_fixes.clone();
