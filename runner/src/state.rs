@@ -175,6 +175,10 @@ pub struct Handoff {
     /// Files of the session on tmpfs, saved after the dump to be put back.
     #[serde(default)]
     pub volatile: Vec<crate::volatile::Saved>,
+    /// The session's files on volatile filesystems as `dump` read them,
+    /// just before the freeze (`locate`'s list is from before the upgrade).
+    #[serde(default)]
+    pub volatile_at_dump: Option<Vec<crate::session::UsedFile>>,
     /// How the session's terminals were restored.
     #[serde(default)]
     pub pty: Option<crate::phases::restore::PtyRecord>,

@@ -75,6 +75,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
             "the session's images need fixing with crit after the reboot (exec bits, /dev/tty), but crit is not installed; nothing was frozen. Fix: install crit (on Debian it comes with the criu package) and run the trip again",
         ));
     }
+    ctx.state.handoff.volatile_at_dump = Some(plan.volatile.clone());
     ctx.state.handoff.exec_fixes = plan.exec_fixes.clone();
     ctx.state.handoff.journal = plan.journal.clone();
     ctx.state.handoff.ctty_fixes = plan.ctty_fixes.clone();

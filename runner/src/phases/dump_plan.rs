@@ -86,6 +86,8 @@ pub struct DumpPlan {
     pub journal: Vec<JournalReconnect>,
     pub ctty_fixes: Vec<CttyFix>,
     pub notes: Vec<Note>,
+    /// The files on volatile filesystems as read now.
+    pub volatile: Vec<UsedFile>,
 }
 
 /// Read the session's files again and plan the dump. An error means the
@@ -111,6 +113,7 @@ pub fn plan(
     )?;
     plan.externals.extend(externals);
     plan.ctty_fixes = fixes;
+    plan.volatile = now.into_iter().filter(UsedFile::is_volatile).collect();
     Ok(plan)
 }
 
@@ -297,6 +300,38 @@ pub fn plan_from(
 mod tests {
     use super::*;
     use crate::session::{FileUse, FileUser, Holder, UnixKind, UnixSock, UnixSockState};
+
+    /// Regression: tmpfs files were saved from `locate`'s list, so a file
+    /// the session opened after it (during the upgrade) was never saved
+    /// and the restore on the new boot could not find it. The plan reads
+    /// them again right before the freeze.
+    #[test]
+    fn the_plan_rereads_files_on_tmpfs() {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-plan-test-")
+            .tempdir_in("/dev/shm")
+            .expect("/dev/shm (tmpfs) is needed for this test");
+        let path = dir.path().join("opened-late");
+        std::fs::write(&path, b"job state").unwrap();
+        let _held = std::fs::File::open(&path).unwrap();
+        let mut session = crate::session::tests::sample();
+        let me = std::process::id() as i32;
+        session.tasks.truncate(1);
+        session.tasks[0].pid = me;
+        session.ttys.clear();
+        session.unix_sockets.clear();
+        session.tcp.clear();
+        session.files.clear();
+        let plan = plan(&Procfs::host(), &session, &Config::default(), "dump").unwrap();
+        let found = plan
+            .volatile
+            .iter()
+            .find(|f| std::path::Path::new(&f.path) == path)
+            .unwrap_or_else(|| panic!("{} not in {:?}", path.display(), plan.volatile));
+        assert_eq!(found.size, 9);
+        assert!(found.is_volatile());
+        assert!(plan.volatile.iter().all(UsedFile::is_volatile));
+    }
 
     /// The sample's sudo, as the upgrade leaves it or not.
     fn sudo(deleted: bool, mode: u32) -> UsedFile {

@@ -81,7 +81,12 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
 /// The session is frozen and gone: what it had on tmpfs cannot change now
 /// and is saved for the next boot.
 fn save_volatile(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
-    let session = ctx.session()?;
+    let mut session = ctx.session()?;
+    // What the session had open right before the freeze, including files
+    // it opened after `locate`.
+    if let Some(files) = &ctx.state.handoff.volatile_at_dump {
+        session.files = files.clone();
+    }
     let saved = crate::volatile::save(
         &session,
         &ctx.run.root.join("volatile"),
