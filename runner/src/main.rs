@@ -203,8 +203,8 @@ struct PullArgs {
     /// Only bundles of this host.
     #[arg(long, value_name = "H")]
     host: Option<String>,
-    /// Only bundles with this result (succeeded, failed, called_off).
-    #[arg(long, value_name = "R")]
+    /// Only bundles with this result.
+    #[arg(long, value_name = "R", value_parser = ["succeeded", "failed", "called_off", "died"])]
     result: Option<String>,
     /// Only bundles modified since: 30m, 12h, 7d, 2026-01-31, 2026-01-31T12:00:00Z.
     #[arg(long, value_name = "WHEN")]
@@ -491,11 +491,14 @@ fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow
 fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<ExitCode> {
     use ferry::pull;
     let mut cfg = load_config(config)?;
+    // `--dir` names a dir store: it chooses the backend unless one is named.
+    let dir_given = args.dir.is_some();
     if let Some(d) = args.dir {
         cfg.ship.dir = d;
     }
     let name = match args.backend {
         Some(b) => b,
+        None if dir_given => "dir".into(),
         None => cfg
             .ship
             .backends
@@ -503,6 +506,13 @@ fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<
             .cloned()
             .unwrap_or_else(|| "dir".into()),
     };
+    // A mistyped path must not read as an empty store.
+    if name == "dir" && !cfg.ship.dir.is_dir() {
+        anyhow::bail!(
+            "{} is not a directory: give the directory bundles were shipped to (--dir or ship.dir)",
+            cfg.ship.dir.display()
+        );
+    }
     let backend = ferry::destinations::open(&name, &cfg, &|k| std::env::var(k).ok())?;
     let since = match &args.since {
         Some(s) => Some(pull::parse_since(s, std::time::SystemTime::now())?),

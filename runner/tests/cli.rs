@@ -249,6 +249,33 @@ fn pull_lists_filters_verifies_and_extracts() {
         .run()
         .code(2)
         .stderr_has("--since");
+    // Regressions: a mistyped store, an unknown result and a --dir with
+    // another backend configured each looked like an empty store (exit 0).
+    Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(tmp.path().join("no-such-store"))
+        .run()
+        .code(2)
+        .stderr_has("no-such-store is not a directory");
+    Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(&store)
+        .arg("--result")
+        .arg("bogus")
+        .run()
+        .code(2)
+        .stderr_has("called_off");
+    let r = Ferry::new()
+        .env("FERRY_SHIP_BACKENDS", "s3")
+        .arg("pull")
+        .arg("--dir")
+        .arg(&store)
+        .arg("--json")
+        .run()
+        .code(0);
+    assert_eq!(r.json().as_array().unwrap().len(), 2);
 }
 
 // ---------------------------------------------------------------- github
@@ -600,7 +627,11 @@ fn gzip_bomb_is_refused_by_the_size_limit() {
             .len()
             < 1 << 20
     );
-    pull_refuses(tmp.path(), &store, "exceeds the limit");
+    pull_refuses(
+        tmp.path(),
+        &store,
+        "exceeds the limit of 16777216; if the bundle is trusted, raise the limit (`ferry pull --max-extract-mib`)",
+    );
 }
 
 #[test]

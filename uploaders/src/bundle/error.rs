@@ -151,8 +151,8 @@ pub enum BundleError {
 
     /// Extraction would exceed a configured limit.
     #[error(
-        "refusing to extract {path}: {what} exceeds the limit of {limit}; raise the limit in \
-         ExtractLimits if the bundle is trusted",
+        "refusing to extract {path}: {what} exceeds the limit of {limit}; if the bundle is \
+         trusted, raise the limit (`ferry pull --max-extract-mib`)",
         path = path.display()
     )]
     LimitExceeded {
