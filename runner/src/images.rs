@@ -30,7 +30,15 @@ fn err(message: String) -> PhaseError {
     PhaseError::new("image_fix", message)
 }
 
-impl Crit<'_> {
+impl<'a> Crit<'a> {
+    /// The `crit` found on `PATH`, run through `runner`.
+    pub fn on_path(runner: &'a dyn Runner) -> Crit<'a> {
+        Crit {
+            runner,
+            program: "crit".into(),
+        }
+    }
+
     /// The image as crit's JSON.
     pub fn decode(&self, img: &Path) -> Result<Value, PhaseError> {
         let out = img.with_extension("img.json");
@@ -116,10 +124,7 @@ impl Staged {
 /// Can crit read and write this criu's images? Decodes `files.img` and
 /// encodes it again; the bytes must come back the same.
 pub fn check_crit(runner: &dyn Runner, images: &Path) -> Result<(), PhaseError> {
-    let crit = Crit {
-        runner,
-        program: "crit".into(),
-    };
+    let crit = Crit::on_path(runner);
     let img = images.join("files.img");
     let json = crit.decode(&img)?;
     let copy = images.join("crit-check");
@@ -149,10 +154,7 @@ pub fn fix_exec_bits(
     if fixes.is_empty() {
         return Ok(Vec::new());
     }
-    let crit = Crit {
-        runner,
-        program: "crit".into(),
-    };
+    let crit = Crit::on_path(runner);
     let files_img = images.join("files.img");
     let mut files = crit.decode(&files_img)?;
     let remaps = match images.join("remap-fpath.img") {
@@ -261,10 +263,7 @@ pub fn fix_ctty(
     if fixes.is_empty() {
         return Ok(Vec::new());
     }
-    let crit = Crit {
-        runner,
-        program: "crit".into(),
-    };
+    let crit = Crit::on_path(runner);
     let files_img = images.join("files.img");
     let mut files = crit.decode(&files_img)?;
     let tty_info = crit.decode(&images.join("tty-info.img"))?;

@@ -153,6 +153,11 @@ struct PieceIndex {
     len: usize,
 }
 
+/// Does any of `globs` match `text`, whose pieces are `present`?
+fn any_matches(globs: &[Glob], text: &str, present: &Present) -> bool {
+    globs.iter().any(|g| g.matches(text, present))
+}
+
 /// Which pieces of the index occur in one text.
 struct Present(Vec<u64>);
 
@@ -330,8 +335,8 @@ impl Catalog {
                 Level::Warn => &k.warnings,
                 Level::Other => &k.lines,
             };
-            by_level.iter().any(|g| g.matches(msg, present))
-                || (level != Level::Other && k.lines.iter().any(|g| g.matches(msg, present)))
+            any_matches(by_level, msg, present)
+                || (level != Level::Other && any_matches(&k.lines, msg, present))
         })
     }
 
@@ -340,17 +345,15 @@ impl Catalog {
         let present = self.pieces.present(line);
         self.kinds
             .iter()
-            .position(|k| k.dmesg.iter().any(|g| g.matches(line, &present)))
+            .position(|k| any_matches(&k.dmesg, line, &present))
     }
 
     pub fn is_followup(&self, msg: &str) -> bool {
-        let present = self.pieces.present(msg);
-        self.followups.iter().any(|g| g.matches(msg, &present))
+        any_matches(&self.followups, msg, &self.pieces.present(msg))
     }
 
     pub fn is_harmless(&self, msg: &str) -> bool {
-        let present = self.pieces.present(msg);
-        self.harmless.iter().any(|g| g.matches(msg, &present))
+        any_matches(&self.harmless, msg, &self.pieces.present(msg))
     }
 
     /// What the catalog says of one CRIU log message at `level`, with the
@@ -361,10 +364,8 @@ impl Catalog {
         let error = level == Level::Error;
         Classified {
             kind,
-            followup: error && self.followups.iter().any(|g| g.matches(msg, &present)),
-            harmless: error
-                && kind.is_none()
-                && self.harmless.iter().any(|g| g.matches(msg, &present)),
+            followup: error && any_matches(&self.followups, msg, &present),
+            harmless: error && kind.is_none() && any_matches(&self.harmless, msg, &present),
         }
     }
 

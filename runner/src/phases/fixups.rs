@@ -77,16 +77,9 @@ fn exec_bits(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
         &ctx.run.root.join("images-orig"),
         &fixes,
     )?;
-    for d in done {
-        tracing::info!("image fix: {d}");
-        ctx.state.notes.push(crate::notes::Note::new(
-            "fixups",
-            "exec-bit",
-            crate::notes::Level::Handled,
-            format!("gave back the exec bits: {d}"),
-        ));
-        ctx.state.handoff.image_fixes.push(d);
-    }
+    record_image_fixes(ctx, "exec-bit", done, |d| {
+        format!("gave back the exec bits: {d}")
+    });
     Ok(())
 }
 
@@ -100,17 +93,28 @@ fn dev_tty(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
         &ctx.run.root.join("images-orig"),
         &fixes,
     )?;
+    record_image_fixes(ctx, "dev-tty", done, str::to_string);
+    Ok(())
+}
+
+/// Each change made to the images: logged, a note of `kind` for people,
+/// and kept in the handoff for the report.
+fn record_image_fixes(
+    ctx: &mut Ctx<'_>,
+    kind: &str,
+    done: Vec<String>,
+    note: impl Fn(&str) -> String,
+) {
     for d in done {
         tracing::info!("image fix: {d}");
         ctx.state.notes.push(crate::notes::Note::new(
             "fixups",
-            "dev-tty",
+            kind,
             crate::notes::Level::Handled,
-            d.clone(),
+            note(&d),
         ));
         ctx.state.handoff.image_fixes.push(d);
     }
-    Ok(())
 }
 
 /// A fresh journald stream for each one the dump left external.
