@@ -22,6 +22,16 @@ use crate::state::RunDir;
 /// The names `ship.backends` may hold.
 pub const KNOWN: &[&str] = &["dir", "dropbox", "github", "s3"];
 
+/// Whether backend `name` can hand a stored page to a browser, so a run's
+/// report.html goes there beside its bundle: a directory is opened as a
+/// file, S3 serves the object with its HTML type through a presigned link,
+/// Dropbox through a shared link. GitHub does not: an artifact only ever
+/// downloads (zipped, or raw with an attachment disposition), so a second
+/// artifact would only clutter the run's list.
+pub fn serves_pages(name: &str) -> bool {
+    matches!(name, "dir" | "dropbox" | "s3")
+}
+
 /// Why a destination could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {
@@ -233,6 +243,14 @@ mod tests {
             e.contains("ship.dropbox.chunk_mib") && !e.contains("sl.secret-token"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn pages_go_where_a_browser_can_open_them() {
+        let served: Vec<&str> = KNOWN.iter().copied().filter(|n| serves_pages(n)).collect();
+        assert_eq!(served, ["dir", "dropbox", "s3"]);
+        assert!(!serves_pages("github"));
+        assert!(!serves_pages("ftp"));
     }
 
     #[test]

@@ -107,6 +107,22 @@ pub struct ShipRecord {
     pub spool_entry: Option<String>,
     pub shipped: Vec<ShippedTo>,
     pub waiting: Vec<WaitingFor>,
+    /// The run's report.html, stored beside the bundle where a browser can
+    /// open it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<PageRecord>,
+}
+
+/// The report page beside a bundle: its own spool entry, so it waits and
+/// retries like a bundle, and no destination's failure holds the other up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PageRecord {
+    pub key: String,
+    pub shipped: Vec<ShippedTo>,
+    pub waiting: Vec<WaitingFor>,
+    /// The spool entry, while it waits for some destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_entry: Option<String>,
 }
 
 /// A destination that has the bundle.

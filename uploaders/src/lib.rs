@@ -22,8 +22,8 @@ pub use backends::{
     GithubBackend, GithubConfig, Receipt, RemoteObject, S3Backend, S3Config,
 };
 pub use bundle::{
-    BundleError, BundleOptions, BundleReader, BundleWriter, Manifest, bundle_name, write_bundle,
-    write_bundle_into,
+    BundleError, BundleOptions, BundleReader, BundleWriter, Manifest, bundle_name, report_key,
+    write_bundle, write_bundle_into,
 };
 pub use retry::RetryPolicy;
 pub use spool::{Spool, SpoolError};

@@ -2,17 +2,21 @@
 //! the spool (so a crash from here on loses nothing), then shipped to every
 //! configured destination. A destination that fails leaves the bundle
 //! waiting in the spool for `ferry ship`; the phase fails only when the
-//! bundle could not be made durable.
+//! bundle could not be made durable. The run's report page then follows
+//! as an entry of its own to the destinations that can serve it to a
+//! browser, so it is one click from the CI log.
 
-use ferry_uploaders::spool::Origin;
-use ferry_uploaders::{BundleOptions, bundle_name, write_bundle_into};
+use std::io::Write;
+
+use ferry_uploaders::spool::{DrainOptions, EntryReport, Origin};
+use ferry_uploaders::{BundleOptions, Spool, bundle_name, report_key, write_bundle_into};
 use serde_json::json;
 
 use super::{Ctx, PhaseError};
 use crate::destinations::EntryDestinations;
 use crate::secrets::Secrets;
 use crate::shipping;
-use crate::state::{ShipRecord, ShippedTo, WaitingFor};
+use crate::state::{PageRecord, ShipRecord, ShippedTo, WaitingFor};
 
 /// Spool the bundle, then put it into every configured destination.
 pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<ShipRecord, PhaseError> {
@@ -34,8 +38,9 @@ pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<ShipRecord, PhaseError> {
     }
     let spool = shipping::open(ctx.config).map_err(|e| PhaseError::new("spool", e.to_string()))?;
     let secrets = Secrets::for_run(ctx.run);
+    let secret_values = secrets.values();
     let options = BundleOptions {
-        secrets: secrets.values(),
+        secrets: secret_values.clone(),
         max_file_bytes: Some(ctx.config.ship.max_file_mib * 1024 * 1024),
         ..BundleOptions::default()
     };
@@ -44,10 +49,11 @@ pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<ShipRecord, PhaseError> {
         run_dir: Some(ctx.run.root.clone()),
     };
     let mut entry = spool
-        .writer(&name, &ctx.config.ship.backends, origin)
+        .writer(&name, &ctx.config.ship.backends, origin.clone())
         .map_err(|e| PhaseError::new("spool", e.to_string()))?;
     let meta = run_meta(ctx, result);
-    let written = write_bundle_into(&mut entry, options, meta, |w| fill(ctx, result, w));
+    let page = report_page(ctx, result);
+    let written = write_bundle_into(&mut entry, options, meta, |w| fill(ctx, &page, w));
     let manifest = match written {
         Ok((_, m)) => m,
         // The spool's own words (full disk, permissions) say more than
@@ -83,22 +89,18 @@ pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<ShipRecord, PhaseError> {
         if let Some(link) = a.link.as_deref().filter(|l| *l != a.receipt.location) {
             tracing::info!("bundle link ({}): {link}", a.destination);
         }
-        record.shipped.push(ShippedTo {
-            destination: a.destination.clone(),
-            location: a.receipt.location.clone(),
-            link: a.link.clone(),
-        });
     }
-    for f in &report.failed {
-        record.waiting.push(WaitingFor {
-            destination: f.destination.clone(),
-            error: f.error.clone(),
-            parked: f.permanent,
-        });
-    }
+    (record.shipped, record.waiting) = outcome_of(&report);
     if report.removed {
         record.spool_entry = None;
     }
+    let page_to = PageShipment {
+        spool: &spool,
+        origin,
+        destinations: &destinations,
+        opts: &opts,
+    };
+    record.report = page_to.ship(ctx.config, &name, &page, &secret_values, &mut tally);
     tally.depth = spool.depth().unwrap_or(0);
     let doc = crate::telemetry::metrics::spool_metrics(
         &crate::telemetry::service_name(&ctx.state),
@@ -117,16 +119,128 @@ pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<ShipRecord, PhaseError> {
     Ok(record)
 }
 
-fn fill<W: std::io::Write>(
-    ctx: &Ctx<'_>,
-    result: &str,
-    w: &mut ferry_uploaders::BundleWriter<W>,
-) -> ferry_uploaders::bundle::Result<()> {
+/// Destinations that hold the bundle and those still waiting for it.
+fn outcome_of(report: &EntryReport) -> (Vec<ShippedTo>, Vec<WaitingFor>) {
+    let shipped = report
+        .shipped
+        .iter()
+        .map(|a| ShippedTo {
+            destination: a.destination.clone(),
+            location: a.receipt.location.clone(),
+            link: a.link.clone(),
+        })
+        .collect();
+    let waiting = report
+        .failed
+        .iter()
+        .map(|f| WaitingFor {
+            destination: f.destination.clone(),
+            error: f.error.clone(),
+            parked: f.permanent,
+        })
+        .collect();
+    (shipped, waiting)
+}
+
+/// Where the report page goes and how, once the bundle is on its way.
+struct PageShipment<'a> {
+    spool: &'a Spool,
+    origin: Origin,
+    destinations: &'a EntryDestinations,
+    opts: &'a DrainOptions,
+}
+
+impl PageShipment<'_> {
+    /// Spools the page (redacted like its copy in the bundle) for the
+    /// destinations that serve pages, and ships it. The page only repeats
+    /// what the bundle holds, so any failure here is a warning: the run's
+    /// result never depends on it.
+    fn ship(
+        &self,
+        config: &crate::config::Config,
+        bundle_key: &str,
+        page: &str,
+        secrets: &[String],
+        tally: &mut shipping::SpoolTally,
+    ) -> Option<PageRecord> {
+        let to: Vec<String> = config
+            .ship
+            .backends
+            .iter()
+            .filter(|b| crate::destinations::serves_pages(b))
+            .cloned()
+            .collect();
+        if to.is_empty() {
+            return None;
+        }
+        let key = report_key(bundle_key);
+        let page = match ferry_uploaders::bundle::redact_text(secrets, page) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("the report page was not shipped: {e}");
+                return None;
+            }
+        };
+        let committed = self
+            .spool
+            .writer(&key, &to, self.origin.clone())
+            .map_err(|e| e.to_string())
+            .and_then(|mut w| match w.write_all(page.as_bytes()) {
+                Ok(()) => w.commit().map_err(|e| e.to_string()),
+                // The spool's own words (full disk) say more.
+                Err(e) => Err(w
+                    .take_error()
+                    .map_or_else(|| e.to_string(), |s| s.to_string())),
+            });
+        let committed = match committed {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("the report page was not spooled: {e}");
+                return None;
+            }
+        };
+        tally.add_evicted(&committed.evicted);
+        let mut record = PageRecord {
+            key: key.clone(),
+            spool_entry: Some(committed.entry.meta.id.clone()),
+            ..PageRecord::default()
+        };
+        let report = match self.spool.drain_committed(committed, self.opts, &|m, d| {
+            self.destinations.resolve(m, d)
+        }) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("the report page waits in the spool: {e}");
+                return Some(record);
+            }
+        };
+        (record.shipped, record.waiting) = outcome_of(&report);
+        if report.removed {
+            record.spool_entry = None;
+        }
+        for s in &record.shipped {
+            let at = s.link.as_deref().unwrap_or(&s.location);
+            tracing::info!("report page ({}): {at}", s.destination);
+        }
+        Some(record)
+    }
+}
+
+/// The run's report page: its timeline across both boots and, for a
+/// failed run, the diagnosis.
+fn report_page(ctx: &Ctx<'_>, result: &str) -> String {
     let diagnosis = crate::diagnose::load_run_diagnosis(ctx.run);
     let mut timeline =
         crate::report::Timeline::from_json(&serde_json::to_value(&ctx.state).unwrap_or_default());
     timeline.result = result.to_string();
-    let report_html = crate::report::html(&timeline, diagnosis.as_ref());
+    crate::report::html(&timeline, diagnosis.as_ref())
+}
+
+fn fill<W: std::io::Write>(
+    ctx: &Ctx<'_>,
+    report_html: &str,
+    w: &mut ferry_uploaders::BundleWriter<W>,
+) -> ferry_uploaders::bundle::Result<()> {
     let diagnosis_file = ctx.run.root.join(crate::diagnose::RUN_FILE);
     w.add_bytes("report.html", report_html.as_bytes())?;
     if diagnosis_file.exists() {

@@ -302,6 +302,21 @@ pub fn validate_key(backend: &str, key: &str) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// The media type a store that serves objects over HTTP should give `key`:
+/// a report page must come back as HTML for a browser to draw it, a bundle
+/// as gzip so it downloads.
+pub fn content_type_of(key: &str) -> &'static str {
+    if key.ends_with(".gz") {
+        "application/gzip"
+    } else if key.ends_with(".html") {
+        "text/html; charset=utf-8"
+    } else if key.ends_with(".json") {
+        "application/json"
+    } else {
+        "application/octet-stream"
+    }
+}
+
 /// Size and SHA-256 (lowercase hex) of the file at `path`, read once with a
 /// small buffer: what a backend compares with what a store already holds.
 pub fn hash_file(backend: &str, path: &Path) -> Result<(u64, String), BackendError> {
@@ -410,6 +425,17 @@ mod tests {
                     .to_string_lossy()
                     .starts_with(TMP_PREFIX)
         }));
+    }
+
+    #[test]
+    fn served_types_follow_the_key() {
+        assert_eq!(content_type_of("a/x-1-s-r.tar.gz"), "application/gzip");
+        assert_eq!(
+            content_type_of("a/x-1-s-r.report.html"),
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(content_type_of("m.json"), "application/json");
+        assert_eq!(content_type_of("blob"), "application/octet-stream");
     }
 
     #[test]

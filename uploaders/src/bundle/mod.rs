@@ -31,7 +31,7 @@ pub(crate) use reader::hash_reader;
 pub use reader::{
     BundleReader, EntryInfo, EntryKind, ExtractLimits, ExtractSummary, Mismatch, VerifyReport,
 };
-pub use redact::{MIN_SECRET_LEN, REDACTED};
+pub use redact::{MIN_SECRET_LEN, REDACTED, redact_text};
 pub use writer::{BundleWriter, DETERMINISTIC_MTIME};
 
 /// Default per-file cap: 512 MiB.
@@ -120,6 +120,17 @@ pub fn bundle_name(host: &str, run_id: &str, stage: &str, result: &str) -> Strin
         part(result)
     )
 }
+
+/// The key of a bundle's report page, stored beside it where a backend
+/// can serve it to a browser: `<bundle name without .tar.gz>.report.html`,
+/// so a listing of `*.tar.gz` never takes it for a bundle.
+pub fn report_key(bundle_key: &str) -> String {
+    let stem = bundle_key.strip_suffix(".tar.gz").unwrap_or(bundle_key);
+    format!("{stem}{REPORT_SUFFIX}")
+}
+
+/// What every report page's key ends with.
+pub const REPORT_SUFFIX: &str = ".report.html";
 
 /// The current time as `2026-12-03T12:00:00Z`.
 pub(crate) fn rfc3339_now() -> String {
@@ -227,6 +238,16 @@ mod tests {
         assert_eq!(bundle_name("-x", "1", "s", "r"), "_x-1-s-r.tar.gz");
         let long = "a".repeat(300);
         assert!(bundle_name(&long, &long, &long, &long).len() < 255);
+    }
+
+    #[test]
+    fn report_pages_sit_beside_their_bundle() {
+        assert_eq!(
+            report_key("ci-7-run_42-dump-failed.tar.gz"),
+            "ci-7-run_42-dump-failed.report.html"
+        );
+        assert_eq!(report_key("p/x-1-s-r.tar.gz"), "p/x-1-s-r.report.html");
+        assert!(!report_key("x.tar.gz").ends_with(".tar.gz"));
     }
 
     #[test]

@@ -123,6 +123,13 @@ impl Matcher {
     }
 }
 
+/// `text` as a bundle would hold it: every secret and credential-looking
+/// value replaced. For files shipped beside a bundle (its report page), so
+/// they carry no more than their copy inside it.
+pub fn redact_text(secrets: &[String], text: &str) -> Result<String> {
+    Ok(Matcher::new(secrets)?.redact_str(text).0)
+}
+
 /// Where redacted output goes.
 pub(crate) trait Sink {
     fn put(&mut self, bytes: &[u8]);
@@ -517,6 +524,18 @@ mod tests {
         let m = Matcher::new(&secrets).expect("matcher");
         let (out, n) = redact_chunks(&m, input.as_bytes(), &[1 << 20]);
         (String::from_utf8(out).expect("utf8"), n)
+    }
+
+    #[test]
+    fn whole_text_is_redacted_like_a_bundled_file() {
+        let text = "<td>token sl.hunter22 failed</td>\nAuthorization: Bearer abc.def\n";
+        let (streamed, _) = redact(&["sl.hunter22"], text);
+        let whole = redact_text(&["sl.hunter22".to_string()], text).expect("redact");
+        assert_eq!(whole, streamed);
+        assert!(
+            !whole.contains("hunter22") && !whole.contains("abc.def"),
+            "{whole}"
+        );
     }
 
     #[test]

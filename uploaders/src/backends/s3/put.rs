@@ -147,13 +147,11 @@ impl S3Backend {
 
     /// Headers that describe a new object: its type and whole SHA-256.
     pub(super) fn object_headers(full: &str, src: &Source) -> Vec<(String, String)> {
-        let content_type = if full.ends_with(".gz") {
-            "application/gzip"
-        } else {
-            "application/octet-stream"
-        };
         vec![
-            ("content-type".into(), content_type.into()),
+            (
+                "content-type".into(),
+                super::super::content_type_of(full).into(),
+            ),
             ("x-amz-meta-sha256".into(), src.hex()),
         ]
     }
