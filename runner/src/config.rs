@@ -360,29 +360,41 @@ impl Config {
                 }
             }
         };
-        let mut value: toml::Table = match text {
-            Some(t) => t
-                .parse()
-                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+        let mut value: toml::Table = match &text {
+            // Read as a whole first: toml's own error names the line, the
+            // column and the key, which a merged table no longer knows.
+            Some(t) => {
+                toml::from_str::<Config>(t).map_err(|e| ConfigError::Invalid {
                     path: origin.clone(),
-                    message: e.message().to_string(),
-                })?,
+                    message: e.to_string().trim_end().to_string(),
+                })?;
+                t.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                        path: origin.clone(),
+                        message: e.to_string().trim_end().to_string(),
+                    })?
+            }
             None => toml::Table::new(),
         };
+        let mut overrides = Vec::new();
         for (key, var) in ENV_KEYS {
             if let Some(raw) = env(var) {
                 let default = toml::Table::try_from(Config::default())
                     .ok()
                     .and_then(|t| lookup(&t, key).cloned());
-                let parsed = parse_env_value(&raw, default.as_ref()).map_err(|message| {
-                    ConfigError::Env {
-                        var: var.to_string(),
-                        key: key.to_string(),
-                        value: raw.clone(),
-                        message,
-                    }
-                })?;
+                let env_error = |message: String| ConfigError::Env {
+                    var: var.to_string(),
+                    key: key.to_string(),
+                    value: raw.clone(),
+                    message,
+                };
+                let parsed = parse_env_value(&raw, default.as_ref()).map_err(env_error)?;
                 insert(&mut value, key, parsed);
+                // One variable at a time, so a value out of the type's
+                // range (a negative count) is blamed on its variable.
+                Config::deserialize(toml::Value::Table(value.clone()))
+                    .map_err(|e| env_error(e.message().to_string()))?;
+                overrides.push(*var);
             }
         }
         let config =
@@ -391,15 +403,29 @@ impl Config {
                 message: e.message().to_string(),
             })?;
         config.check().map_err(|message| ConfigError::Invalid {
-            path: origin,
+            path: if overrides.is_empty() {
+                origin
+            } else {
+                format!(
+                    "{origin} with {} from the environment",
+                    overrides.join(", ")
+                )
+            },
             message,
         })?;
         Ok(config)
     }
 
-    /// Values the types allow but ferry cannot use.
+    /// Values the types allow but ferry cannot use; each message names the
+    /// key, its variable and what to set.
     fn check(&self) -> Result<(), String> {
         for (i, b) in self.ship.backends.iter().enumerate() {
+            if !crate::destinations::KNOWN.contains(&b.as_str()) {
+                return Err(format!(
+                    "ship.backends names {b:?}, which is not a backend (FERRY_SHIP_BACKENDS); use {}",
+                    crate::destinations::KNOWN.join(", ")
+                ));
+            }
             if self.ship.backends[..i].contains(b) {
                 return Err(format!(
                     "ship.backends names {b:?} twice (FERRY_SHIP_BACKENDS); name each destination once"
@@ -417,6 +443,12 @@ impl Config {
                 "spool.concurrency is {}; use 1 to 16 (FERRY_SPOOL_CONCURRENCY)",
                 self.spool.concurrency
             ));
+        }
+        if self.criu.restore_attempts == 0 {
+            return Err(
+                "criu.restore_attempts is 0; use at least 1, the first attempt counts (FERRY_CRIU_RESTORE_ATTEMPTS)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -545,6 +577,72 @@ mod tests {
         let msg = err.to_string();
         assert!(
             msg.contains("FERRY_CRIU_MIN_FREE_MIB") && msg.contains("criu.min_free_mib"),
+            "{msg}"
+        );
+    }
+
+    /// Regression: these loaded fine; an unknown name failed only when a
+    /// bundle was waiting to ship, no restore attempt at all was made.
+    #[test]
+    fn values_ferry_cannot_use_are_refused_at_load() {
+        let cases = [
+            (
+                ("FERRY_SHIP_BACKENDS", "dir,ftp"),
+                &["\"ftp\"", "dir, dropbox, github, s3"][..],
+            ),
+            (
+                ("FERRY_CRIU_RESTORE_ATTEMPTS", "0"),
+                &["criu.restore_attempts", "at least 1"][..],
+            ),
+        ];
+        for (var, words) in cases {
+            let msg = Config::load(None, &env_of(&[var])).unwrap_err().to_string();
+            for w in words {
+                assert!(msg.contains(w), "{var:?}: {msg}");
+            }
+            assert!(
+                msg.contains(&format!("with {} from the environment", var.0)),
+                "{msg}"
+            );
+        }
+    }
+
+    /// Regression: a negative count in a variable was reported as an error
+    /// of the config file, without the variable's name.
+    #[test]
+    fn value_out_of_its_types_range_names_the_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, "").unwrap();
+        let msg = Config::load(
+            Some(&path),
+            &env_of(&[("FERRY_CRIU_RESTORE_ATTEMPTS", "-1")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            msg.contains("FERRY_CRIU_RESTORE_ATTEMPTS=\"-1\"")
+                && msg.contains("criu.restore_attempts"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_in_the_file_names_its_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            "[ship]\nbackends = [\"dir\"]\n[criu]\nrestore_attempts = -2\n",
+        )
+        .unwrap();
+        let msg = Config::load(Some(&path), &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("ferry.toml")
+                && msg.contains("line 4")
+                && msg.contains("restore_attempts"),
             "{msg}"
         );
     }

@@ -411,8 +411,29 @@ fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
                 };
                 println!("# {var}: {shown}");
             }
+            // Each destination's settings and credentials, as preflight
+            // checks them before a trip (nothing is sent).
+            println!("\n# destinations");
+            let env = |k: &str| std::env::var(k).ok();
+            let mut unusable = Vec::new();
+            for name in &config.ship.backends {
+                match ferry::destinations::check_upload(name, &config, &env) {
+                    Ok(()) => println!("# {name}: ready"),
+                    Err(e) => {
+                        println!("# {name}: not ready");
+                        unusable.push(format!("{name}: {e}"));
+                    }
+                }
+            }
             std::io::Write::flush(&mut std::io::stdout()).context("cannot write to stdout")?;
-            Ok(ExitCode::SUCCESS)
+            if unusable.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                for u in &unusable {
+                    eprintln!("ferry: {u}");
+                }
+                Ok(ExitCode::from(1))
+            }
         }
     }
 }
@@ -758,6 +779,10 @@ fn report(outcome: &Outcome) -> ExitCode {
         }
         if let Some(line) = ferry::shipping::waiting_line(ship) {
             eprintln!("ferry: {line}");
+        }
+        for s in ship.report.iter().flat_map(|r| &r.shipped) {
+            let at = s.link.as_deref().unwrap_or(&s.location);
+            eprintln!("ferry: report ({}): {at}", s.destination);
         }
     }
     if let (Some(file), Some(id)) = (&outcome.trace_file, &outcome.trace_id) {

@@ -753,3 +753,41 @@ fn pull_from_s3_lists_and_extracts() {
         .code(2)
         .stderr_has("AWS_SECRET_ACCESS_KEY is not set");
 }
+
+// ---------------------------------------------------------------- config
+
+/// Regression: `config check` said nothing of a destination that could
+/// not take a bundle (S3 without a bucket, Dropbox without a token): the
+/// trip found out at preflight.
+#[test]
+fn config_check_says_which_destinations_are_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = || {
+        Ferry::new()
+            .env("FERRY_SHIP_DIR", tmp.path())
+            .env_remove("DROPBOX_TOKEN")
+            .env_remove("DROPBOX_REFRESH_TOKEN")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .arg("config")
+            .arg("check")
+    };
+    base()
+        .env("FERRY_SHIP_BACKENDS", "dir,s3,dropbox")
+        .run()
+        .code(1)
+        .stdout_has("# dir: ready")
+        .stdout_has("# s3: not ready")
+        .stdout_has("# dropbox: not ready")
+        .stderr_has("set ship.s3.bucket")
+        .stderr_has("DROPBOX_TOKEN");
+    base()
+        .env("FERRY_SHIP_BACKENDS", "dir,s3")
+        .env("FERRY_SHIP_S3_BUCKET", "bundles")
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "not-a-real-secret-key")
+        .run()
+        .code(0)
+        .stdout_has("# s3: ready")
+        .output_lacks("not-a-real-secret-key");
+}
