@@ -268,7 +268,15 @@ fn happy_trip(guest: &Guest, rx: &OtlpReceiver) -> Result<()> {
     );
 
     // The bundle: evidence of both boots under one trace.
-    let (_, dir) = fetch_bundle(guest, &find_bundle(guest, "-succeeded.tar.gz")?)?;
+    let bundle = find_bundle(guest, "-succeeded.tar.gz")?;
+    let (_, dir) = fetch_bundle(guest, &bundle)?;
+    // Its report page beside it, the very page inside it.
+    let page = bundle.replace(".tar.gz", ".report.html");
+    let beside = guest.ssh_ok(&format!("cat {page}"))?;
+    ensure!(
+        beside == std::fs::read_to_string(dir.join("report.html"))?,
+        "{page} differs from the bundle's report.html"
+    );
     for f in [
         "logs/dump.log",
         "logs/restore.log",
