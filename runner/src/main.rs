@@ -476,6 +476,12 @@ fn diagnose_cmd(inputs: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
 /// scratch directory) or of a run directory.
 fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let limits = ferry_uploaders::bundle::ExtractLimits::default();
+    std::fs::metadata(input).with_context(|| {
+        format!(
+            "cannot read {}; give a bundle (.tar.gz) or a run directory",
+            input.display()
+        )
+    })?;
     let opened = if diagnose::is_bundle(input) {
         Some(diagnose::open_bundle(input, &limits)?)
     } else {
@@ -495,6 +501,16 @@ fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow
         },
     };
     let timeline = ferry::report::Timeline::from_json(&state);
+    if timeline.run_id.is_empty() && timeline.bars.is_empty() {
+        anyhow::bail!(
+            "{} names no run and no phase: it is not a ferry run's state; give a bundle or a run directory",
+            if opened.is_some() && !state_path.exists() {
+                format!("the manifest of {}", input.display())
+            } else {
+                state_path.display().to_string()
+            }
+        );
+    }
     let diagnosis = diagnose::diagnose_paths(&[dir.to_path_buf()], Some(dir)).ok();
     print!("{}", ferry::report::text(&timeline, diagnosis.as_ref()));
     if let Some(path) = html {

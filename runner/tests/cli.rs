@@ -791,3 +791,26 @@ fn config_check_says_which_destinations_are_ready() {
         .stdout_has("# s3: ready")
         .output_lacks("not-a-real-secret-key");
 }
+
+/// Regression: a mistyped path was "no state.json", and a state.json that
+/// is not ferry's printed an empty timeline with exit 0.
+#[test]
+fn report_names_a_missing_path_and_refuses_a_foreign_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    Ferry::new()
+        .arg("report")
+        .arg(&missing)
+        .run()
+        .code(2)
+        .stderr_has("cannot read")
+        .stderr_has("No such file or directory");
+    std::fs::write(tmp.path().join("state.json"), "{}").unwrap();
+    Ferry::new()
+        .arg("report")
+        .arg(tmp.path())
+        .run()
+        .code(2)
+        .stderr_has("not a ferry run's state")
+        .stdout_lacks("total");
+}
