@@ -25,6 +25,14 @@ pub enum PullError {
         "--since {0:?} is neither a duration (30m, 12h, 7d) nor a date (2026-01-31 or 2026-01-31T12:00:00Z)"
     )]
     BadSince(String),
+    /// The downloaded copy failed its checks and was deleted: the error
+    /// names the object in the store, the copy no longer exists.
+    #[error("{key} in the {backend} store was refused and its download deleted: {source}")]
+    Refused {
+        key: String,
+        backend: String,
+        source: BundleError,
+    },
     #[error("cannot create {path}: {error}; choose a writable --extract directory")]
     Create {
         path: PathBuf,
@@ -241,9 +249,13 @@ pub fn fetch(
     });
     let (reader, report) = match checked {
         Ok(x) => x,
-        Err(e) => {
+        Err(source) => {
             let _ = std::fs::remove_file(&bundle);
-            return Err(e.into());
+            return Err(PullError::Refused {
+                key: item.key.clone(),
+                backend: backend.name().to_string(),
+                source,
+            });
         }
     };
     let dir = dest.join(base.strip_suffix(".tar.gz").unwrap_or(base));

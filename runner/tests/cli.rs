@@ -602,7 +602,13 @@ fn symlink_escape_is_refused() {
             )
         },
     );
-    // Not in the manifest, so verification already refuses it.
+    // Not in the manifest, so verification already refuses it; the error
+    // names the object in the store, not the deleted download (regression).
+    pull_refuses(
+        tmp.path(),
+        &store,
+        "h-20261203T120000Z-abc123-dump-failed.tar.gz in the dir store was refused and its download deleted",
+    );
     pull_refuses(tmp.path(), &store, "does not match its manifest");
     assert!(
         !tmp.path()
