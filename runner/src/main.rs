@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use ferry::config::{self, Config};
+use ferry::config::Config;
 use ferry::state::{Outcome, RunDir};
 use std::io::Write as _;
 
@@ -270,6 +270,8 @@ struct UpgradeArgs {
     state_dir: Option<PathBuf>,
 }
 
+#[path = "cli/config_check.rs"]
+mod config_check;
 #[path = "cli/spool.rs"]
 mod spool_cmd;
 
@@ -400,41 +402,7 @@ fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
         Command::Install(args) => install_cmd(cli.config.as_deref(), args, telemetry),
         Command::Config {
             command: ConfigCommand::Check,
-        } => {
-            let config = load_config(cli.config.as_deref())?;
-            print!("{}", config.to_toml());
-            println!("\n# secrets (from the environment only)");
-            for var in config::SECRET_VARS {
-                let shown = match std::env::var(var) {
-                    Ok(v) if !v.is_empty() => "set (masked)",
-                    _ => "not set",
-                };
-                println!("# {var}: {shown}");
-            }
-            // Each destination's settings and credentials, as preflight
-            // checks them before a trip (nothing is sent).
-            println!("\n# destinations");
-            let env = |k: &str| std::env::var(k).ok();
-            let mut unusable = Vec::new();
-            for name in &config.ship.backends {
-                match ferry::destinations::check_upload(name, &config, &env) {
-                    Ok(()) => println!("# {name}: ready"),
-                    Err(e) => {
-                        println!("# {name}: not ready");
-                        unusable.push(format!("{name}: {e}"));
-                    }
-                }
-            }
-            std::io::Write::flush(&mut std::io::stdout()).context("cannot write to stdout")?;
-            if unusable.is_empty() {
-                Ok(ExitCode::SUCCESS)
-            } else {
-                for u in &unusable {
-                    eprintln!("ferry: {u}");
-                }
-                Ok(ExitCode::from(1))
-            }
-        }
+        } => config_check::run(&load_config(cli.config.as_deref())?),
     }
 }
 
