@@ -19,8 +19,9 @@ use ferry::{diagnose, resume, telemetry, trip};
     about = "Carry a live CI session across an OS upgrade and a kexec reboot"
 )]
 struct Cli {
-    /// Config file (default /etc/ferry/ferry.toml when present).
-    #[arg(long, global = true, env = "FERRY_CONFIG")]
+    /// Config file [env: FERRY_CONFIG] (default /etc/ferry/ferry.toml when
+    /// present).
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -280,15 +281,37 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // Read here rather than by clap: an empty FERRY_CONFIG (a CI template
+    // that sets every variable) means "not set", not a missing value.
+    if cli.config.is_none() {
+        cli.config = std::env::var_os("FERRY_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+    }
     let telemetry = telemetry::init();
     match run(cli, &telemetry) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ferry: error: {e:#}");
+            eprintln!("ferry: error: {}", error_text(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: most of ferry's
+/// errors already quote their cause (`cannot read X: No such file…`), and
+/// `{:#}` would print it again.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
 }
 
 fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {

@@ -820,3 +820,29 @@ fn report_names_a_missing_path_and_refuses_a_foreign_state() {
         .stderr_has("not a ferry run's state")
         .stdout_lacks("total");
 }
+
+/// Regressions: an empty FERRY_CONFIG was a clap usage error; an error
+/// that quotes its cause printed the cause twice.
+#[test]
+fn config_path_from_the_environment() {
+    Ferry::new()
+        .env("FERRY_CONFIG", "")
+        .arg("config")
+        .arg("check")
+        .run()
+        .code(0)
+        .stdout_has("[spool]");
+    let r = Ferry::new()
+        .env("FERRY_CONFIG", "/nonexistent/ferry.toml")
+        .arg("config")
+        .arg("check")
+        .run()
+        .code(2)
+        .stderr_has("cannot read config /nonexistent/ferry.toml");
+    assert_eq!(
+        r.stderr().matches("No such file or directory").count(),
+        1,
+        "{}",
+        r.stderr()
+    );
+}
