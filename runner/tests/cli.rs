@@ -114,6 +114,43 @@ fn diagnose_missing_input_names_it() {
         .stderr_has("/nonexistent/dump.log");
 }
 
+/// Regression: an empty file or one that is not a CRIU log at all was
+/// reported as a CRIU log cut short (exit 1), as if criu had been killed.
+#[test]
+fn diagnose_refuses_what_is_not_a_criu_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("dump.log");
+    std::fs::write(&empty, "").unwrap();
+    Ferry::new()
+        .arg("diagnose")
+        .arg(&empty)
+        .run()
+        .code(2)
+        .stderr_has("is empty");
+    let notes = tmp.path().join("notes.txt");
+    std::fs::write(&notes, "hello\nError was here\n").unwrap();
+    Ferry::new()
+        .arg("diagnose")
+        .arg("--json")
+        .arg(&notes)
+        .run()
+        .code(2)
+        .stderr_has("does not look like a CRIU log");
+    // A real log cut before its status line is still a finding, exit 1.
+    let cut = tmp.path().join("restore.log");
+    std::fs::write(
+        &cut,
+        "(00.000012) Version: 3.17.1 (gitid 0)\n(00.000300) cpu: x\n",
+    )
+    .unwrap();
+    Ferry::new()
+        .arg("diagnose")
+        .arg(&cut)
+        .run()
+        .code(1)
+        .stdout_has("without its status line");
+}
+
 #[test]
 fn diagnose_and_report_a_bundle() {
     let tmp = tempfile::tempdir().unwrap();

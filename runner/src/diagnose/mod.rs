@@ -43,6 +43,14 @@ pub enum DiagnoseError {
         "{path} holds no CRIU log or dmesg (looked for *dump*.log, *restore*.log and dmesg*, also under logs/); name the log files instead"
     )]
     NothingToRead { path: PathBuf },
+    #[error(
+        "{path} is empty: nothing to diagnose (if criu wrote it, criu died before its first line: read dmesg and the journal)"
+    )]
+    Empty { path: PathBuf },
+    #[error(
+        "{path} does not look like a CRIU log: nothing in its first 64 KiB is in CRIU's format (timestamps, `Error (`, a status line); give criu's -o log (dump.log, restore.log), dmesg output named dmesg*, a bundle or a run directory"
+    )]
+    NotCriu { path: PathBuf },
     #[error(transparent)]
     Bundle(#[from] ferry_uploaders::BundleError),
     #[error(
@@ -475,6 +483,36 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Source)>, Diagn
     Ok(out)
 }
 
+/// Whether the start of `path` has a line only CRIU writes: a
+/// `(ss.uuuuuu)` timestamp, a `pie:` line, its version banner, or its name.
+fn looks_like_criu(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let read = File::open(path).and_then(|f| f.take(64 << 10).read_to_end(&mut head));
+    if read.is_err() {
+        // Unreadable now: the scan that just read it will have said so.
+        return true;
+    }
+    String::from_utf8_lossy(&head).lines().any(|l| {
+        let l = l.trim_start();
+        let stamped = l
+            .strip_prefix('(')
+            .and_then(|r| r.split_once(')'))
+            .is_some_and(|(t, _)| {
+                t.split_once('.').is_some_and(|(a, b)| {
+                    !a.is_empty()
+                        && !b.is_empty()
+                        && a.bytes().all(|c| c.is_ascii_digit())
+                        && b.bytes().all(|c| c.is_ascii_digit())
+                })
+            });
+        stamped
+            || l.starts_with("pie: ")
+            || l.starts_with("Version: ")
+            || l.to_ascii_lowercase().contains("criu")
+    })
+}
+
 /// How a path is shown: relative to `base` when under it.
 fn shown(path: &Path, base: Option<&Path>) -> String {
     base.and_then(|b| path.strip_prefix(b).ok())
@@ -557,6 +595,21 @@ pub fn diagnose_paths(paths: &[PathBuf], base: Option<&Path>) -> Result<Diagnosi
         match src {
             Source::Criu => {
                 let (log, stats) = read_criu(path, cat)?;
+                // A file named on the command line that shows nothing of
+                // CRIU is a wrong argument, not an interrupted dump.
+                let silent = log.errors == 0
+                    && log.warnings == 0
+                    && !log.succeeded
+                    && !log.failed
+                    && log.kinds.is_empty();
+                if silent && paths.iter().any(|p| p == path) {
+                    if stats.bytes == 0 {
+                        return Err(DiagnoseError::Empty { path: path.clone() });
+                    }
+                    if !looks_like_criu(path) {
+                        return Err(DiagnoseError::NotCriu { path: path.clone() });
+                    }
+                }
                 let file_name = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
