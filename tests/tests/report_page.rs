@@ -271,7 +271,18 @@ fn a_page_that_could_not_go_waits_in_the_spool() {
         .map(|f| f.destination.as_str())
         .collect();
     assert_eq!(waiting, ["s3"]);
-    assert!(page.spool_entry.is_some());
+    let entry = w
+        .config
+        .spool
+        .dir
+        .join("entries")
+        .join(page.spool_entry.as_ref().unwrap());
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(entry.join("entry.json")).unwrap()).unwrap();
+    assert_eq!(
+        meta["expendable"], true,
+        "the cap takes a page before any bundle"
+    );
     assert!(!w.s3.object_path(BUCKET, &page.key).exists());
 
     // The store is back; the next `ferry ship` takes the run's own plan.

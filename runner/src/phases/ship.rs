@@ -185,12 +185,16 @@ impl PageShipment<'_> {
             .spool
             .writer(&key, &to, self.origin.clone())
             .map_err(|e| e.to_string())
-            .and_then(|mut w| match w.write_all(page.as_bytes()) {
-                Ok(()) => w.commit().map_err(|e| e.to_string()),
-                // The spool's own words (full disk) say more.
-                Err(e) => Err(w
-                    .take_error()
-                    .map_or_else(|| e.to_string(), |s| s.to_string())),
+            .and_then(|mut w| {
+                // The bundle holds the same page: never evict a bundle for it.
+                w.expendable();
+                match w.write_all(page.as_bytes()) {
+                    Ok(()) => w.commit().map_err(|e| e.to_string()),
+                    // The spool's own words (full disk) say more.
+                    Err(e) => Err(w
+                        .take_error()
+                        .map_or_else(|| e.to_string(), |s| s.to_string())),
+                }
             });
         let committed = match committed {
             Ok(c) => c,

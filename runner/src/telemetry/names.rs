@@ -73,7 +73,7 @@ pub const ATTR_LOG_FILE: &str = "ferry.log.file";
 pub const ATTR_SHIP_BACKEND: &str = "ferry.ship.backend";
 /// The spool entry an upload span carries.
 pub const ATTR_SPOOL_ENTRY: &str = ferry_uploaders::spool::ATTR_ENTRY;
-/// Why the spool evicted an entry: `acknowledged`, `quarantined`, `oldest`.
+/// Why the spool evicted an entry: `expendable`, `acknowledged`, `quarantined`, `oldest`.
 pub const ATTR_SPOOL_REASON: &str = "ferry.spool.reason";
 
 /// Event name for a CRIU `Error (…)` line.

@@ -45,7 +45,7 @@ pub fn describe(attribute: &str) -> Option<&'static str> {
         names::ATTR_CRIU_LINE => "the CRIU log line (event `criu.error`)",
         names::ATTR_SPOOL_ENTRY => "the spool entry being uploaded (`ship <destination>` spans)",
         names::ATTR_SPOOL_REASON => {
-            "why the spool evicted an entry: `acknowledged`, `quarantined`, `oldest` (eviction metric)"
+            "why the spool evicted an entry: `expendable`, `acknowledged`, `quarantined`, `oldest` (eviction metric)"
         }
         _ => return None,
     })

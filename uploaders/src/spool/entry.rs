@@ -46,6 +46,10 @@ pub struct EntryMeta {
     pub destinations: Vec<String>,
     #[serde(default)]
     pub origin: Origin,
+    /// A copy of what another entry holds (a bundle's report page): the
+    /// size cap removes it before any other entry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expendable: bool,
 }
 
 /// `ack-<dest>.json`: the destination has the data.

@@ -1,10 +1,12 @@
 //! The size cap. The rule, in order, never touching the entry being
 //! committed nor one in use:
 //!
-//! 1. entries some destination already acknowledged (a copy is safe
+//! 1. expendable entries (copies of what another entry holds: a bundle's
+//!    report page), oldest first;
+//! 2. entries some destination already acknowledged (a copy is safe
 //!    elsewhere), oldest first;
-//! 2. quarantined entries (they can never be shipped), oldest first;
-//! 3. the oldest entries.
+//! 3. quarantined entries (they can never be shipped), oldest first;
+//! 4. the oldest entries.
 //!
 //! Every eviction is logged as a warning and returned, so the caller counts
 //! it in the `ferry.spool.evicted` metric.
@@ -18,6 +20,8 @@ use super::{Scanned, Spool, SpoolError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EvictReason {
+    /// It only repeats what another entry holds.
+    Expendable,
     /// Some destination has it already.
     Acknowledged,
     /// It was in quarantine.
@@ -29,6 +33,7 @@ pub enum EvictReason {
 impl EvictReason {
     pub fn as_str(self) -> &'static str {
         match self {
+            EvictReason::Expendable => "expendable",
             EvictReason::Acknowledged => "acknowledged",
             EvictReason::Quarantined => "quarantined",
             EvictReason::Oldest => "oldest",
@@ -96,7 +101,9 @@ impl Spool {
                     bytes += e.meta.size;
                     count += 1;
                     candidates.push(Candidate {
-                        reason: if e.acks.is_empty() {
+                        reason: if e.meta.expendable {
+                            EvictReason::Expendable
+                        } else if e.acks.is_empty() {
                             EvictReason::Oldest
                         } else {
                             EvictReason::Acknowledged
@@ -132,9 +139,10 @@ impl Spool {
             return Ok(Vec::new());
         }
         let rank = |r: EvictReason| match r {
-            EvictReason::Acknowledged => 0,
-            EvictReason::Quarantined => 1,
-            EvictReason::Oldest => 2,
+            EvictReason::Expendable => 0,
+            EvictReason::Acknowledged => 1,
+            EvictReason::Quarantined => 2,
+            EvictReason::Oldest => 3,
         };
         candidates.sort_by(|a, b| {
             (rank(a.reason), a.created, &a.id).cmp(&(rank(b.reason), b.created, &b.id))
@@ -165,6 +173,7 @@ impl Spool {
                 count,
                 self.limits.max_entries,
                 match c.reason {
+                    EvictReason::Expendable => "expendable entry",
                     EvictReason::Quarantined => "quarantined entry",
                     EvictReason::Acknowledged => "partly shipped entry",
                     EvictReason::Oldest => "the oldest entry",

@@ -298,6 +298,52 @@ fn damaged_entries_are_quarantined_with_the_reason() {
     assert_eq!(f.spool.quarantined().unwrap().len(), 2);
 }
 
+/// A report page repeats what its bundle holds: at the cap it goes first,
+/// though younger than every bundle and acknowledged by no destination.
+#[test]
+fn the_cap_evicts_expendable_entries_first() {
+    let f = fixture(Limits {
+        max_bytes: 1 << 30,
+        max_entries: 2,
+    });
+    let bundle = spool_bytes(&f.spool, "b.tar.gz", b"1", &["down"])
+        .entry
+        .meta
+        .id;
+    let mut w = f
+        .spool
+        .writer("b.report.html", &["down".to_string()], Origin::default())
+        .unwrap();
+    w.expendable();
+    w.write_all(b"<html>").unwrap();
+    let committed = w.commit().unwrap();
+    assert!(committed.entry.meta.expendable);
+    let page = committed.entry.meta.id.clone();
+    // Its writer's lock goes, as at the end of a ship phase.
+    drop(committed);
+    let c = spool_bytes(&f.spool, "c.tar.gz", b"2", &["down"]);
+    assert_eq!(c.evicted.len(), 1);
+    assert_eq!(c.evicted[0].id, page);
+    assert_eq!(c.evicted[0].reason, EvictReason::Expendable);
+    drop(c);
+    let keys: Vec<String> = f
+        .spool
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.meta.key)
+        .collect();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.contains(&"b.tar.gz".to_string()), "{keys:?}");
+    assert!(
+        f.spool
+            .entries()
+            .unwrap()
+            .iter()
+            .any(|e| e.meta.id == bundle)
+    );
+}
+
 /// The destination stays down: entries wait, the cap evicts the oldest,
 /// and an entry some destination has is evicted before older ones.
 #[test]

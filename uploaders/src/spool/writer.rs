@@ -31,6 +31,7 @@ pub struct EntryWriter {
     hasher: Sha256,
     size: u64,
     error: Option<SpoolError>,
+    expendable: bool,
 }
 
 /// A committed entry, still locked by the writer (so no drain takes it
@@ -91,12 +92,19 @@ impl EntryWriter {
             hasher: Sha256::new(),
             size: 0,
             error: None,
+            expendable: false,
         })
     }
 
     /// The new entry's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Marks the entry as a copy of what another entry holds, so the size
+    /// cap removes it before any other (see [`super::EvictReason`]).
+    pub fn expendable(&mut self) {
+        self.expendable = true;
     }
 
     /// Bytes written so far.
@@ -149,6 +157,7 @@ impl EntryWriter {
             created_unix_nano: now_unix_nano(),
             destinations: self.destinations.clone(),
             origin: self.origin.clone(),
+            expendable: self.expendable,
         };
         let json = serde_json::to_vec_pretty(&meta)
             .map_err(|e| SpoolError::Invalid(format!("cannot serialise entry.json: {e}")))?;
