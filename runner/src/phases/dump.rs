@@ -75,6 +75,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
             "the session's images need fixing with crit after the reboot (exec bits, /dev/tty), but crit is not installed; nothing was frozen. Fix: install crit (on Debian it comes with the criu package) and run the trip again",
         ));
     }
+    volatile_fits(&plan.volatile, ctx.config.criu.tmpfs_copy_max_mib)?;
     ctx.state.handoff.volatile_at_dump = Some(plan.volatile.clone());
     ctx.state.handoff.exec_fixes = plan.exec_fixes.clone();
     ctx.state.handoff.journal = plan.journal.clone();
@@ -88,6 +89,30 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
     ctx.save()?;
     let out = ctx.runner.run(&spec)?;
     verdict(&out, &log, "the session was unfrozen and keeps running")
+}
+
+/// Assess weighed the session's tmpfs files before the upgrade; a log the
+/// job kept writing may have outgrown `criu.tmpfs_copy_max_mib` since.
+/// Checked on the sizes read right before the freeze, so the trip stops
+/// with the session still running rather than lose the file.
+fn volatile_fits(files: &[crate::session::UsedFile], cap_mib: u64) -> Result<(), PhaseError> {
+    const MIB: u64 = 1 << 20;
+    let cap = cap_mib.saturating_mul(MIB);
+    let Some(f) = files
+        .iter()
+        .find(|f| f.file_type == crate::session::FileType::File && f.size > cap)
+    else {
+        return Ok(());
+    };
+    Err(PhaseError::new(
+        "tmpfs_file_too_big",
+        format!(
+            "{} on {} has grown to {} MiB since the session was assessed, above criu.tmpfs_copy_max_mib = {cap_mib}: it could not be saved across the reboot; nothing was frozen. Fix: raise criu.tmpfs_copy_max_mib or move the file to a disk, then run the trip again",
+            f.path,
+            f.fs_type.as_deref().unwrap_or("tmpfs"),
+            f.size.div_ceil(MIB),
+        ),
+    ))
 }
 
 /// The foreground stops reading the run directory once it sees the dump
@@ -122,4 +147,49 @@ pub fn verdict(
             log.display()
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{FileType, UsedFile};
+
+    fn on_tmpfs(path: &str, file_type: FileType, size: u64) -> UsedFile {
+        UsedFile {
+            path: path.into(),
+            deleted: false,
+            file_type,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            dev: 1,
+            inode: 2,
+            fs_type: Some("tmpfs".into()),
+            users: Vec::new(),
+        }
+    }
+
+    /// Regression: the cap was checked on the sizes `locate` read before
+    /// the upgrade; a log that grew past it since was frozen anyway.
+    #[test]
+    fn a_tmpfs_file_that_outgrew_the_cap_stops_the_trip_before_the_freeze() {
+        let mib = 1 << 20;
+        let files = [
+            on_tmpfs("/run/fifo", FileType::Fifo, 0),
+            on_tmpfs("/dev/shm/job.log", FileType::File, 3 * mib),
+        ];
+        volatile_fits(&files, 4).unwrap();
+        volatile_fits(&files[..1], 0).unwrap();
+        let e = volatile_fits(&files, 2).unwrap_err();
+        assert_eq!(e.kind, "tmpfs_file_too_big");
+        assert!(
+            e.message
+                .contains("/dev/shm/job.log on tmpfs has grown to 3 MiB")
+                && e.message.contains("criu.tmpfs_copy_max_mib = 2")
+                && e.message.contains("nothing was frozen"),
+            "{}",
+            e.message
+        );
+    }
 }
