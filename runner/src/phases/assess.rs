@@ -11,7 +11,7 @@
 //! | a datagram socket to a named peer | criu reconnects it by name (`--ext-unix-sk`) |
 //! | a datagram socket to an unnamed peer outside | refuse (criu cannot name the peer) |
 //! | terminals | handled: restored in a private devpts, so pty indexes taken on the new boot do not matter |
-//! | files, FIFOs, directories on tmpfs | handled: saved after the dump, put back before the restore; files above `criu.tmpfs_copy_max_mib` are refused |
+//! | files, FIFOs, directories on tmpfs | handled: saved after the dump, put back before the restore; files above `criu.tmpfs_copy_max_mib` are refused here and again on their sizes right before the freeze |
 //! | files deleted while in use | criu keeps a copy (ghost file) up to `criu.ghost_limit_mib`; bigger ones are refused |
 //! | files on mounts the task cannot see (logind's FIFO) | handled: dumped as external, a substitute inherited at restore |
 //! | pids | handled: always a new pid namespace |
