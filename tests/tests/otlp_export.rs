@@ -745,10 +745,19 @@ fn a_bundle_whose_destination_is_down_waits_in_the_spool() {
 
     let spool = ferry::shipping::open(&sim.config).unwrap();
     let entries = spool.entries().unwrap();
-    assert_eq!(entries.len(), 1);
-    assert_eq!(
-        entries[0].meta.origin.run_dir.as_deref(),
-        Some(sim.run.root.as_path())
+    // The bundle, and its report page waiting for the same store.
+    assert_eq!(entries.len(), 2);
+    let page = entries.iter().filter(|e| e.meta.expendable).count();
+    assert_eq!(page, 1);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.meta.key == ship.key && !e.meta.expendable)
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.meta.origin.run_dir.as_deref() == Some(sim.run.root.as_path()))
     );
 
     // The timer's `ferry ship`, in another process's settings: the run's
@@ -763,7 +772,12 @@ fn a_bundle_whose_destination_is_down_waits_in_the_spool() {
     later.ship.dir = "/nonexistent/not-the-run-setting".into();
     later.state_dir = sim.run.root.parent().unwrap().join("state");
     let summary = ferry::shipping::ship_all(&later, Wait::No, false, &mut |_| {}).unwrap();
-    assert!(summary.report.entries[0].removed, "{:?}", summary.report);
+    assert_eq!(summary.report.entries.len(), 2);
+    assert!(
+        summary.report.entries.iter().all(|e| e.removed),
+        "{:?}",
+        summary.report
+    );
     assert_eq!(summary.report.depth, 0);
     assert!(sim.config.ship.dir.join(&ship.key).is_file());
     assert_eq!(summary.forgotten, [sim.run.root.clone()]);

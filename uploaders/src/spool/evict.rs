@@ -8,6 +8,9 @@
 //! 3. quarantined entries (they can never be shipped), oldest first;
 //! 4. the oldest entries.
 //!
+//! An expendable entry being committed only ever makes room by removing
+//! other expendable entries: a page never pushes a bundle out.
+//!
 //! Every eviction is logged as a warning and returned, so the caller counts
 //! it in the `ferry.spool.evicted` metric.
 
@@ -137,6 +140,15 @@ impl Spool {
         };
         if !over(bytes, count) {
             return Ok(Vec::new());
+        }
+        // A page being committed may only push out other pages: were a
+        // bundle in the way, the page waits over the cap until the next
+        // commit or drain removes it first.
+        let protect_is_expendable = scanned.iter().any(|s| {
+            matches!(s, Scanned::Entry(e) if Some(e.meta.id.as_str()) == protect && e.meta.expendable)
+        });
+        if protect_is_expendable {
+            candidates.retain(|c| c.reason == EvictReason::Expendable);
         }
         let rank = |r: EvictReason| match r {
             EvictReason::Expendable => 0,

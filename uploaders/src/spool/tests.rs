@@ -344,6 +344,56 @@ fn the_cap_evicts_expendable_entries_first() {
     );
 }
 
+/// Regression: committing a page at the cap evicted the bundle it belongs
+/// to (the committed entry is protected, so the bundle was the only
+/// candidate). A page makes room only by removing other pages.
+#[test]
+fn committing_a_page_at_the_cap_never_evicts_a_bundle() {
+    let f = fixture(Limits {
+        max_bytes: 1 << 30,
+        max_entries: 1,
+    });
+    let bundle = spool_bytes(&f.spool, "b.tar.gz", b"1", &["down"])
+        .entry
+        .meta
+        .id;
+    let page = |key: &str| {
+        let mut w = f
+            .spool
+            .writer(key, &["down".to_string()], Origin::default())
+            .unwrap();
+        w.expendable();
+        w.write_all(b"<html>").unwrap();
+        w.commit().unwrap()
+    };
+    let first = page("b.report.html");
+    assert!(first.evicted.is_empty(), "{:?}", first.evicted);
+    let first_id = first.entry.meta.id.clone();
+    drop(first);
+    // A second page makes room by removing the first, never the bundle.
+    let second = page("c.report.html");
+    assert_eq!(second.evicted.len(), 1);
+    assert_eq!(second.evicted[0].id, first_id);
+    drop(second);
+    // The next bundle must make two slots: the page goes first, then the
+    // oldest bundle (a cap of one entry keeps only the newest bundle).
+    let next = spool_bytes(&f.spool, "c.tar.gz", b"2", &["down"]);
+    let order: Vec<(EvictReason, &str)> = next
+        .evicted
+        .iter()
+        .map(|e| (e.reason, e.key.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (EvictReason::Expendable, "c.report.html"),
+            (EvictReason::Oldest, "b.tar.gz")
+        ]
+    );
+    assert_eq!(next.evicted[1].id, bundle);
+    drop(next);
+}
+
 /// The destination stays down: entries wait, the cap evicts the oldest,
 /// and an entry some destination has is evicted before older ones.
 #[test]
