@@ -366,12 +366,12 @@ impl Config {
             Some(t) => {
                 toml::from_str::<Config>(t).map_err(|e| ConfigError::Invalid {
                     path: origin.clone(),
-                    message: e.to_string().trim_end().to_string(),
+                    message: file_error(t, &e),
                 })?;
                 t.parse()
                     .map_err(|e: toml::de::Error| ConfigError::Invalid {
                         path: origin.clone(),
-                        message: e.to_string().trim_end().to_string(),
+                        message: file_error(t, &e),
                     })?
             }
             None => toml::Table::new(),
@@ -461,6 +461,48 @@ impl Config {
     pub fn runs_dir(&self) -> PathBuf {
         self.state_dir.join("runs")
     }
+}
+
+/// Where in the file and what: `line 4, column 20, at restore_attempts:
+/// invalid value …`. Not toml's own rendering, which quotes the whole line:
+/// a credential put in the file by mistake would reach the CI log.
+fn file_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_string();
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    // The key of a `key = value` line names the setting; the value stays out.
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && !k.starts_with('[') && !k.starts_with('#'));
+    let message = without_strings(e.message());
+    match key {
+        Some(k) => format!("line {line_no}, column {column}, at {k}: {message}"),
+        None => format!("line {line_no}, column {column}: {message}"),
+    }
+}
+
+/// serde quotes a string value it could not use (`invalid type: string
+/// "…", expected u64`); a string is where a secret would be.
+fn without_strings(message: &str) -> String {
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(i) = rest.find("string \"") {
+        out.push_str(&rest[..i]);
+        out.push_str("a string");
+        let after = &rest[i + "string \"".len()..];
+        rest = match after.rfind("\", expected") {
+            Some(end) => &after[end + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
 }
 
 fn lookup<'a>(table: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
@@ -640,9 +682,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            msg.contains("ferry.toml")
-                && msg.contains("line 4")
-                && msg.contains("restore_attempts"),
+            msg.contains("ferry.toml") && msg.contains("line 4, column 20, at restore_attempts:"),
+            "{msg}"
+        );
+    }
+
+    /// Regression: toml's rendering of an error quotes the whole line, so
+    /// a secret set in the file under a wrong key reached the CI log.
+    #[test]
+    fn a_file_error_never_quotes_the_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            "[ship.s3]\nbucket = \"b\"\nsecret_access_key = \"wJalrXUtnFEMI-K7MDENG\"\n",
+        )
+        .unwrap();
+        let msg = Config::load(Some(&path), &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("line 3, column 1") && msg.contains("secret_access_key"),
+            "{msg}"
+        );
+        assert!(!msg.contains("wJalr"), "{msg}");
+        std::fs::write(&path, "[ship]\ndir = \"/x\" extra\n").unwrap();
+        let msg = Config::load(Some(&path), &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("line 2") && !msg.contains("extra"), "{msg}");
+        // A string where a number belongs is named, not quoted.
+        std::fs::write(
+            &path,
+            "[ship.s3]\ntimeout_secs = \"wJalrXUtnFEMI-K7MDENG\"\n",
+        )
+        .unwrap();
+        let msg = Config::load(Some(&path), &env_of(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("at timeout_secs: invalid type: a string, expected")
+                && !msg.contains("wJalr"),
             "{msg}"
         );
     }
