@@ -24,12 +24,12 @@ pub const KNOWN: &[&str] = &["dir", "dropbox", "github", "s3"];
 
 /// Whether backend `name` can hand a stored page to a browser, so a run's
 /// report.html goes there beside its bundle: a directory is opened as a
-/// file, S3 serves the object with its HTML type through a presigned link,
-/// Dropbox through a shared link. GitHub does not: an artifact only ever
-/// downloads (zipped, or raw with an attachment disposition), so a second
-/// artifact would only clutter the run's list.
+/// file, S3 serves the object with its HTML type through a presigned link.
+/// Dropbox does not (its shared links never render HTML, by Dropbox's own
+/// rule: the viewer shows the source), nor GitHub (an artifact only ever
+/// downloads); there a page would only clutter the folder or the run.
 pub fn serves_pages(name: &str) -> bool {
-    matches!(name, "dir" | "dropbox" | "s3")
+    matches!(name, "dir" | "s3")
 }
 
 /// Why a destination could not be opened.
@@ -248,8 +248,8 @@ mod tests {
     #[test]
     fn pages_go_where_a_browser_can_open_them() {
         let served: Vec<&str> = KNOWN.iter().copied().filter(|n| serves_pages(n)).collect();
-        assert_eq!(served, ["dir", "dropbox", "s3"]);
-        assert!(!serves_pages("github"));
+        assert_eq!(served, ["dir", "s3"]);
+        assert!(!serves_pages("dropbox") && !serves_pages("github"));
         assert!(!serves_pages("ftp"));
     }
 

@@ -1,10 +1,11 @@
 //! The report page beside the bundle. At the end of a run `ship` stores
 //! report.html where a browser can open it: a file in the `dir` store, an
-//! S3 object served as HTML through its presigned link (a real s3s-fs), a
-//! Dropbox file with a shared link (the strict fake); never a GitHub
-//! artifact (the strict fake), which only downloads. The page is the very
-//! page inside the bundle, secrets redacted alike, and a destination that
-//! is down gets it later from the spool like any bundle.
+//! S3 object served as HTML through its presigned link (a real s3s-fs);
+//! never Dropbox (shared links do not render HTML) nor a GitHub artifact
+//! (it only downloads), both strict fakes. The page is the very page inside
+//! the bundle, secrets redacted alike; a destination that is down is not
+//! tried for it again at the end of the run (the job would wait twice) and
+//! gets it later from the spool, with the bundle.
 //!
 //! Without an s3s-fs binary these tests print a loud skip line and pass,
 //! except under `./lab test` (`FERRY_S3S_FS` set), where that fails.
@@ -159,13 +160,6 @@ impl World {
         bundle.read_file("report.html").unwrap()
     }
 
-    fn dropbox_file(&self, key: &str) -> Vec<u8> {
-        let path = format!("/ferry/{key}");
-        let file = self.dropbox.file(&path);
-        file.unwrap_or_else(|| panic!("no {path} in Dropbox: {:?}", self.dropbox.files().keys()))
-            .bytes
-    }
-
     /// GET `url` as a browser would: the status, the content type, the body.
     fn browse(&self, url: &str) -> (u16, String, Vec<u8>) {
         let r = reqwest::blocking::Client::new()
@@ -203,7 +197,7 @@ fn the_page_goes_where_a_browser_can_open_it() {
     let page = ship.report.as_ref().expect("a report page was shipped");
     assert_eq!(page.key, report_key(&ship.key));
     assert!(page.key.ends_with(".report.html"), "{}", page.key);
-    assert_eq!(destinations(&page.shipped), ["dir", "s3", "dropbox"]);
+    assert_eq!(destinations(&page.shipped), ["dir", "s3"]);
     assert!(page.waiting.is_empty(), "{:?}", page.waiting);
     assert_eq!(
         page.spool_entry, None,
@@ -234,11 +228,10 @@ fn the_page_goes_where_a_browser_can_open_it() {
     let bundle_link = ship.shipped[1].link.as_deref().expect("bundle link");
     assert_eq!(w.browse(bundle_link).1, "application/gzip");
 
-    // dropbox: the file and its shared link.
-    assert_eq!(w.dropbox_file(&page.key), in_bundle);
-    let shared = w.dropbox.link(&format!("/ferry/{}", page.key));
-    assert!(shared.is_some());
-    assert_eq!(page.shipped[2].link, shared);
+    // dropbox: the bundle only; its links never render a page.
+    let files: Vec<String> = w.dropbox.files().into_keys().collect();
+    // (the fake keys its files by Dropbox's lower-cased path)
+    assert_eq!(files, [format!("/ferry/{}", ship.key.to_lowercase())]);
 
     // github: the bundle only; an artifact would not open in a browser.
     let names: Vec<String> = w.github.finalized().into_iter().map(|a| a.name).collect();
@@ -264,13 +257,22 @@ fn a_page_that_could_not_go_waits_in_the_spool() {
     w.config.testing.backend_down = vec!["s3".into()];
     let ship = w.failed_run().ship.expect("the run shipped");
     let page = ship.report.clone().expect("a report page");
-    assert_eq!(destinations(&page.shipped), ["dir", "dropbox"]);
+    assert_eq!(destinations(&page.shipped), ["dir"]);
     let waiting: Vec<&str> = page
         .waiting
         .iter()
         .map(|f| f.destination.as_str())
         .collect();
     assert_eq!(waiting, ["s3"]);
+    // Not tried again: the bundle had just spent the retry budget on it.
+    assert!(
+        page.waiting[0]
+            .error
+            .contains("did not take the bundle just now"),
+        "{}",
+        page.waiting[0].error
+    );
+    assert!(!page.waiting[0].parked, "a transient wait, not parked");
     let entry = w
         .config
         .spool

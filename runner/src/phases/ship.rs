@@ -8,8 +8,11 @@
 
 use std::io::Write;
 
+use ferry_uploaders::backends::ErrorKind;
 use ferry_uploaders::spool::{DrainOptions, EntryReport, Origin};
-use ferry_uploaders::{BundleOptions, Spool, bundle_name, report_key, write_bundle_into};
+use ferry_uploaders::{
+    BackendError, BundleOptions, Spool, bundle_name, report_key, write_bundle_into,
+};
 use serde_json::json;
 
 use super::{Ctx, PhaseError};
@@ -99,6 +102,11 @@ pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<ShipRecord, PhaseError> {
         origin,
         destinations: &destinations,
         opts: &opts,
+        took_bundle: record
+            .shipped
+            .iter()
+            .map(|s| s.destination.clone())
+            .collect(),
     };
     record.report = page_to.ship(ctx.config, &name, &page, &secret_values, &mut tally);
     tally.depth = spool.depth().unwrap_or(0);
@@ -148,6 +156,9 @@ struct PageShipment<'a> {
     origin: Origin,
     destinations: &'a EntryDestinations,
     opts: &'a DrainOptions,
+    /// Destinations that took the bundle just now: only these are tried
+    /// now, so a store that is down does not hold the job up twice.
+    took_bundle: Vec<String>,
 }
 
 impl PageShipment<'_> {
@@ -209,9 +220,18 @@ impl PageShipment<'_> {
             spool_entry: Some(committed.entry.meta.id.clone()),
             ..PageRecord::default()
         };
-        let report = match self.spool.drain_committed(committed, self.opts, &|m, d| {
-            self.destinations.resolve(m, d)
-        }) {
+        let resolve = |m: &ferry_uploaders::spool::EntryMeta, d: &str| {
+            if self.took_bundle.iter().any(|t| t == d) {
+                return self.destinations.resolve(m, d);
+            }
+            Err(BackendError::new(
+                d,
+                ErrorKind::Unavailable,
+                format!("{d} did not take the bundle just now; the page waits with it"),
+                "`ferry ship` (the ship timer) sends both once the store is back",
+            ))
+        };
+        let report = match self.spool.drain_committed(committed, self.opts, &resolve) {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("the report page waits in the spool: {e}");
