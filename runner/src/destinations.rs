@@ -101,8 +101,9 @@ pub fn open_with_retry(
 /// the session is frozen, not after the reboot.
 pub fn check_upload(name: &str, config: &Config, env: Env<'_>) -> Result<(), DestinationError> {
     match name {
-        // Opening it creates its root: the ship does that, and reports.
-        "dir" => Ok(()),
+        // Opening it creates its root, so nothing is created here: the
+        // root, or the directory it would be made in, must be writable.
+        "dir" => dir_writable(&config.ship.dir).map_err(DestinationError::Backend),
         // Credentials present and settings valid; nothing is sent.
         "dropbox" => {
             DropboxBackend::new(
@@ -118,6 +119,47 @@ pub fn check_upload(name: &str, config: &Config, env: Env<'_>) -> Result<(), Des
         }
         other => Err(unknown(other)),
     }
+}
+
+/// `root` (or, when it does not exist yet, the nearest directory above it)
+/// is a directory this process may create files in.
+fn dir_writable(root: &std::path::Path) -> Result<(), BackendError> {
+    use std::os::unix::ffi::OsStrExt;
+    let bad = |what: String, fix: &str| BackendError::new("dir", ErrorKind::Config, what, fix);
+    let mut at = root;
+    let existing = loop {
+        match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => break at,
+            Ok(_) => {
+                return Err(bad(
+                    format!("{} is not a directory", at.display()),
+                    "set ship.dir (FERRY_SHIP_DIR) to a directory",
+                ));
+            }
+            Err(_) => match at.parent() {
+                Some(p) if !p.as_os_str().is_empty() => at = p,
+                _ => break std::path::Path::new("."),
+            },
+        }
+    };
+    let Ok(c) = std::ffi::CString::new(existing.as_os_str().as_bytes()) else {
+        return Err(bad(
+            format!("{} holds a NUL byte", root.display()),
+            "set ship.dir (FERRY_SHIP_DIR) to a plain path",
+        ));
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(bad(
+            format!(
+                "{} is not writable by this user, so bundles cannot be stored in {}",
+                existing.display(),
+                root.display()
+            ),
+            "run ferry as root, or set ship.dir (FERRY_SHIP_DIR) to a directory you may write",
+        ));
+    }
+    Ok(())
 }
 
 fn unknown(name: &str) -> DestinationError {
@@ -241,6 +283,26 @@ mod tests {
         let e = open("dropbox", &bad, &token).err().unwrap().to_string();
         assert!(
             e.contains("ship.dropbox.chunk_mib") && !e.contains("sl.secret-token"),
+            "{e}"
+        );
+    }
+
+    /// Regression: `config check` called any dir "ready".
+    #[test]
+    fn a_dir_destination_is_ready_only_where_it_can_be_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.ship.dir = tmp.path().join("not/yet/there");
+        check_upload("dir", &config, &|_| None).unwrap();
+        assert!(!config.ship.dir.exists(), "the check creates nothing");
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        config.ship.dir = file.join("bundles");
+        let e = check_upload("dir", &config, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("is not a directory") && e.contains("ship.dir"),
             "{e}"
         );
     }

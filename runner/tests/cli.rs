@@ -883,3 +883,34 @@ fn config_path_from_the_environment() {
         r.stderr()
     );
 }
+
+/// Regression: a dir destination was "ready" whatever its permissions.
+#[test]
+fn config_check_finds_a_dir_this_user_cannot_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let locked = tmp.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ferry = if unsafe { libc::geteuid() } == 0 {
+        // Root ignores modes: run as nobody a copy of the binary it can
+        // execute, against a directory only root may write.
+        let bin = tmp.path().join("ferry");
+        std::fs::copy(env!("CARGO_BIN_EXE_ferry"), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Ferry::at(&bin).uid(65534, 65534).env("HOME", "/")
+    } else {
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
+        Ferry::new()
+    };
+    ferry
+        .env("FERRY_SHIP_DIR", locked.join("bundles"))
+        .env("FERRY_SHIP_BACKENDS", "dir")
+        .arg("config")
+        .arg("check")
+        .run()
+        .code(1)
+        .stdout_has("# dir: not ready")
+        .stderr_has("is not writable by this user");
+}
