@@ -119,6 +119,8 @@ fn a_destination_down_for_the_whole_test_keeps_entries_within_the_cap() {
         ["b2.tar.gz", "b3.tar.gz", "b4.tar.gz"],
         "the newest three stay"
     );
+    // `spool add` entries are bundles, never expendable pages.
+    assert!(entries.iter().all(|e| e["expendable"] == false));
     assert!(Env::files_in(&env.dest()).is_empty());
     // Each drain counted its attempt on the entries it found.
     let r = env

@@ -128,6 +128,7 @@ fn list(spool: &Spool, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
                     "size": e.meta.size, "sha256": e.meta.sha256,
                     "created_unix_nano": e.meta.created_unix_nano,
                     "pending": e.pending(), "parked": e.parked(),
+                    "expendable": e.meta.expendable,
                 }),
                 Scanned::Bad { name, reason, .. } => serde_json::json!({
                     "id": name, "state": "damaged", "reason": reason,
