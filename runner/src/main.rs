@@ -679,10 +679,20 @@ fn ship_cmd(
         );
     }
     let shipped = r.entries.iter().filter(|e| e.removed).count();
+    let pages = r
+        .entries
+        .iter()
+        .filter(|e| e.removed && e.key.ends_with(ferry_uploaders::bundle::REPORT_SUFFIX))
+        .count();
     let spans: usize = summary.spans.iter().map(|(_, x)| x.spans_sent).sum();
     eprintln!(
-        "ferry: spool {}: {shipped} shipped, {} waiting, {} quarantined, {} evicted{}",
+        "ferry: spool {}: {shipped} shipped{}, {} waiting, {} quarantined, {} evicted{}",
         cfg.spool.dir.display(),
+        if pages > 0 {
+            format!(" ({pages} of them report pages)")
+        } else {
+            String::new()
+        },
         r.depth,
         r.quarantined.len(),
         r.evicted.len(),
