@@ -508,6 +508,35 @@ fn archive_without_manifest_is_refused() {
     ));
 }
 
+/// Regression: a manifest of a newer format was read as if it were ours
+/// (docs/bundles.md says a reader refuses what it does not know).
+#[test]
+fn a_newer_manifest_format_is_refused() {
+    let t = tmp();
+    let p = t.path().join("future.tar.gz");
+    let manifest = serde_json::to_vec(
+        &json!({"format": 2, "ferry_version": "9", "created": "x", "run": {}, "files": []}),
+    )
+    .expect("json");
+    craft(
+        &p,
+        &[(b"manifest.json", tar::EntryType::Regular, &manifest, b"")],
+    );
+    let e = BundleReader::open(&p).err().expect("refused");
+    assert!(
+        matches!(
+            e,
+            BundleError::NewerFormat {
+                format: 2,
+                known: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("newer ferry"), "{e}");
+}
+
 #[test]
 fn extraction_writes_the_files() {
     let t = tmp();

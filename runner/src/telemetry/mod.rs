@@ -98,8 +98,13 @@ pub fn init() -> Telemetry {
     let telemetry = Telemetry::default();
     let stderr_filter =
         EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Escape codes only for a person at a terminal: a CI log or a file
+    // gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .event_format(HumanFormat)
         .with_filter(stderr_filter);
     let json = tracing_subscriber::fmt::layer()

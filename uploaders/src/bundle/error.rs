@@ -108,6 +108,18 @@ pub enum BundleError {
         path: PathBuf,
     },
 
+    /// A manifest of a format this ferry does not know (a newer one wrote
+    /// it): its fields may mean something else, so nothing is trusted.
+    #[error(
+        "{path}: manifest.json has format {format}, this ferry reads format {known}; read it with a newer ferry",
+        path = path.display()
+    )]
+    NewerFormat {
+        path: PathBuf,
+        format: u32,
+        known: u32,
+    },
+
     /// `manifest.json` is present but not a manifest ferry understands.
     #[error(
         "bundle {path}: manifest.json is not a ferry manifest: {source}; rebuild the bundle \

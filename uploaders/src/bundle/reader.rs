@@ -194,6 +194,13 @@ impl BundleReader {
                 path: path.clone(),
                 source,
             })?;
+        if manifest.format > super::MANIFEST_FORMAT {
+            return Err(BundleError::NewerFormat {
+                path,
+                format: manifest.format,
+                known: super::MANIFEST_FORMAT,
+            });
+        }
         Ok(BundleReader {
             path,
             manifest,
