@@ -522,7 +522,7 @@ fn a_newer_manifest_format_is_refused() {
         &p,
         &[(b"manifest.json", tar::EntryType::Regular, &manifest, b"")],
     );
-    let e = BundleReader::open(&p).err().expect("refused");
+    let e = BundleReader::open(&p).expect_err("refused");
     assert!(
         matches!(
             e,
