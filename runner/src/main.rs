@@ -293,10 +293,18 @@ fn main() -> ExitCode {
     match run(cli, &telemetry) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ferry: error: {}", error_text(&e));
+            eprintln!("ferry: error: {}", redacted(&error_text(&e)));
             ExitCode::from(2)
         }
     }
+}
+
+/// `text` with the secret values of this process's environment replaced,
+/// as bundles have them: a value the user put where a secret appears (an
+/// endpoint with a password, a token in a command) stays out of the log.
+fn redacted(text: &str) -> String {
+    let secrets = ferry::secrets::Secrets::from_env(&|k| std::env::var(k).ok()).values();
+    ferry_uploaders::bundle::redact_text(&secrets, text).unwrap_or_else(|_| text.to_string())
 }
 
 /// The error and its causes on one line, each cause once: most of ferry's
@@ -425,7 +433,7 @@ fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
         Command::Install(args) => install_cmd(cli.config.as_deref(), args, telemetry),
         Command::Config {
             command: ConfigCommand::Check,
-        } => config_check::run(&load_config(cli.config.as_deref())?),
+        } => config_check::run(&load_config(cli.config.as_deref())?, &redacted),
     }
 }
 

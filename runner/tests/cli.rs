@@ -914,3 +914,40 @@ fn config_check_finds_a_dir_this_user_cannot_write() {
         .stdout_has("# dir: not ready")
         .stderr_has("is not writable by this user");
 }
+
+/// Regression: a secret quoted in a setting (a token in the upgrade
+/// command, a password in an endpoint) was printed by `config check` and
+/// in errors as it was.
+#[test]
+fn config_check_and_errors_redact_secrets_quoted_in_settings() {
+    let secret = "SuperSecretValue123";
+    let r = Ferry::new()
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env(
+            "FERRY_UPGRADE_COMMAND",
+            format!("apt-get -y upgrade && echo {secret}"),
+        )
+        .env("FERRY_SHIP_BACKENDS", "s3")
+        .env("FERRY_SHIP_S3_BUCKET", "b")
+        .env(
+            "FERRY_SHIP_S3_ENDPOINT",
+            format!("http://u:{secret}@127.0.0.1:9"),
+        )
+        .arg("config")
+        .arg("check")
+        .run()
+        .code(1)
+        .stdout_has("echo [REDACTED]")
+        .stderr_has("is not usable");
+    assert!(!r.stdout().contains(secret) && !r.stderr().contains(secret));
+    let r = Ferry::new()
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("FERRY_CRIU_RESTORE_ATTEMPTS", secret)
+        .arg("config")
+        .arg("check")
+        .run()
+        .code(2)
+        .stderr_has("FERRY_CRIU_RESTORE_ATTEMPTS");
+    assert!(!r.stderr().contains(secret), "{}", r.stderr());
+}

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use ferry::config::{self, Config};
 
-pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
+/// `redact` takes the secret values out of what is printed: a setting may
+/// quote one (a token in upgrade.command, a password in an endpoint).
+pub fn run(config: &Config, redact: &dyn Fn(&str) -> String) -> anyhow::Result<ExitCode> {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let mut out = std::io::stdout().lock();
     let mut text = config.to_toml();
@@ -39,14 +41,14 @@ pub fn run(config: &Config) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    out.write_all(text.as_bytes())
+    out.write_all(redact(&text).as_bytes())
         .and_then(|()| out.flush())
         .context("cannot write to stdout")?;
     if unusable.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
     for u in &unusable {
-        eprintln!("ferry: {u}");
+        eprintln!("ferry: {}", redact(u));
     }
     Ok(ExitCode::from(1))
 }
