@@ -378,7 +378,10 @@ impl Config {
         };
         let mut overrides = Vec::new();
         for (key, var) in ENV_KEYS {
-            if let Some(raw) = env(var) {
+            // Empty means unset, as for FERRY_CONFIG: CI templates set
+            // every variable, and `FERRY_SPOOL_DIR=` must not become the
+            // current directory.
+            if let Some(raw) = env(var).filter(|v| !v.trim().is_empty()) {
                 let default = toml::Table::try_from(Config::default())
                     .ok()
                     .and_then(|t| lookup(&t, key).cloned());
@@ -419,6 +422,23 @@ impl Config {
     /// Values the types allow but ferry cannot use; each message names the
     /// key, its variable and what to set.
     fn check(&self) -> Result<(), String> {
+        for (key, var, path) in [
+            ("state_dir", "FERRY_STATE_DIR", &self.state_dir),
+            ("spool.dir", "FERRY_SPOOL_DIR", &self.spool.dir),
+            ("ship.dir", "FERRY_SHIP_DIR", &self.ship.dir),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(format!(
+                    "{key} is empty ({var}); give it a directory, or leave it out for its default"
+                ));
+            }
+        }
+        if self.ship.backends.is_empty() {
+            return Err(
+                "ship.backends is empty (FERRY_SHIP_BACKENDS): name at least one destination, e.g. [\"dir\"]"
+                    .into(),
+            );
+        }
         for (i, b) in self.ship.backends.iter().enumerate() {
             if !crate::destinations::KNOWN.contains(&b.as_str()) {
                 return Err(format!(
@@ -548,7 +568,7 @@ fn parse_env_value(raw: &str, default: Option<&toml::Value>) -> Result<toml::Val
         )),
         Some(toml::Value::Boolean(_)) => match raw.trim().to_ascii_lowercase().as_str() {
             "1" | "true" | "yes" | "on" => Ok(toml::Value::Boolean(true)),
-            "0" | "false" | "no" | "off" | "" => Ok(toml::Value::Boolean(false)),
+            "0" | "false" | "no" | "off" => Ok(toml::Value::Boolean(false)),
             _ => Err("expected true or false".into()),
         },
         Some(toml::Value::Integer(_)) => raw
@@ -646,6 +666,37 @@ mod tests {
                 msg.contains(&format!("with {} from the environment", var.0)),
                 "{msg}"
             );
+        }
+    }
+
+    /// Regression: `FERRY_SPOOL_DIR=` made the spool in the current
+    /// directory, `ship.dir = ""` was a ready destination, and an empty
+    /// destination list was accepted until a bundle had nowhere to go.
+    #[test]
+    fn empty_variables_mean_unset_and_empty_settings_are_refused() {
+        let cfg = Config::load(
+            None,
+            &env_of(&[
+                ("FERRY_SPOOL_DIR", ""),
+                ("FERRY_SHIP_BACKENDS", " "),
+                ("FERRY_UPGRADE_ENABLED", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg, Config::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        for (text, words) in [
+            ("[ship]\ndir = \"\"\n", "ship.dir is empty"),
+            ("[spool]\ndir = \"\"\n", "spool.dir is empty"),
+            ("state_dir = \"\"\n", "state_dir is empty"),
+            ("[ship]\nbackends = []\n", "ship.backends is empty"),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let msg = Config::load(Some(&path), &env_of(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(words), "{text}: {msg}");
         }
     }
 
