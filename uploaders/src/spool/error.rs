@@ -34,6 +34,10 @@ pub enum SpoolError {
         "spool entry {id} is in use by another ferry process (a drain or a writer); try again when it is done"
     )]
     InUse { id: String },
+    /// The file to spool could not be read: the fault is the argument's,
+    /// not the spool's.
+    #[error("cannot read {path} to spool it: {cause}; give a readable bundle file", path = path.display())]
+    Source { path: PathBuf, cause: io::Error },
     /// An argument cannot be used (a key, a destination name, an id).
     #[error("spool: {0}")]
     Invalid(String),

@@ -276,8 +276,12 @@ impl Spool {
         destinations: &[String],
         origin: Origin,
     ) -> Result<Added, SpoolError> {
-        let mut f = File::open(src).map_err(|e| SpoolError::io("open", src, e))?;
-        let (_, sha) = hash_reader(&mut f).map_err(|e| SpoolError::io("read", src, e))?;
+        let source = |cause| SpoolError::Source {
+            path: src.to_path_buf(),
+            cause,
+        };
+        let mut f = File::open(src).map_err(source)?;
+        let (_, sha) = hash_reader(&mut f).map_err(source)?;
         if let Some(e) = self
             .entries()?
             .into_iter()
@@ -285,12 +289,10 @@ impl Spool {
         {
             return Ok(Added::AlreadySpooled(e));
         }
-        let mut f = File::open(src).map_err(|e| SpoolError::io("open", src, e))?;
+        let mut f = File::open(src).map_err(source)?;
         let mut w = self.writer(key, destinations, origin)?;
         if let Err(e) = io::copy(&mut f, &mut w) {
-            return Err(w
-                .take_error()
-                .unwrap_or_else(|| SpoolError::io("read", src, e)));
+            return Err(w.take_error().unwrap_or_else(|| source(e)));
         }
         w.commit().map(Added::New)
     }

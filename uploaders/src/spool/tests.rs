@@ -591,3 +591,30 @@ fn a_newer_format_is_left_alone() {
     assert!(r.quarantined.is_empty());
     assert_eq!(r.depth, 1);
 }
+
+/// Regression: a missing or unreadable file given to `spool add` was
+/// blamed on the spool ("the spool changed under ferry; run again").
+#[test]
+fn a_source_that_cannot_be_read_is_named_as_the_argument() {
+    let f = fixture(Limits {
+        max_bytes: 1 << 30,
+        max_entries: 10,
+    });
+    let dests = ["down".to_string()];
+    for src in [
+        std::path::PathBuf::from("/nonexistent/b.tar.gz"),
+        std::env::temp_dir(),
+    ] {
+        let e = f
+            .spool
+            .add_file(&src, "b.tar.gz", &dests, Origin::default())
+            .expect_err("refused");
+        let msg = e.to_string();
+        assert!(matches!(e, SpoolError::Source { .. }), "{msg}");
+        assert!(
+            msg.contains(&src.display().to_string()) && msg.contains("give a readable bundle file"),
+            "{msg}"
+        );
+    }
+    assert!(f.spool.entries().unwrap().is_empty());
+}
