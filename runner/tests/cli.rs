@@ -136,6 +136,16 @@ fn diagnose_refuses_what_is_not_a_criu_log() {
         .run()
         .code(2)
         .stderr_has("does not look like a CRIU log");
+    // Inside a run directory an empty log is evidence: criu died at once.
+    let run = tmp.path().join("run");
+    std::fs::create_dir_all(run.join("logs")).unwrap();
+    std::fs::write(run.join("logs/dump.log"), "").unwrap();
+    Ferry::new()
+        .arg("diagnose")
+        .arg(&run)
+        .run()
+        .code(1)
+        .stdout_has("is empty: criu died before writing its first line");
     // A real log cut before its status line is still a finding, exit 1.
     let cut = tmp.path().join("restore.log");
     std::fs::write(

@@ -77,6 +77,9 @@ pub fn human(d: &Diagnosis) -> String {
                 match s {
                     LogStatus::Succeeded => "succeeded",
                     LogStatus::Failed => "FAILED",
+                    LogStatus::Incomplete if l.bytes == 0 => {
+                        "is empty: criu died before writing its first line"
+                    }
                     LogStatus::Incomplete => "has no status line",
                     LogStatus::NotApplicable => "",
                 }
