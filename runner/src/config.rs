@@ -396,7 +396,7 @@ impl Config {
                 // One variable at a time, so a value out of the type's
                 // range (a negative count) is blamed on its variable.
                 Config::deserialize(toml::Value::Table(value.clone()))
-                    .map_err(|e| env_error(e.message().to_string()))?;
+                    .map_err(|e| env_error(without_strings(e.message())))?;
                 overrides.push(*var);
             }
         }
@@ -522,6 +522,14 @@ fn without_strings(message: &str) -> String {
         };
     }
     out.push_str(rest);
+    // Rust's type names mean nothing to a person editing a config file.
+    for (rust, plain) in [
+        ("expected u32", "expected a whole number of 0 or more"),
+        ("expected u64", "expected a whole number of 0 or more"),
+        ("expected i64", "expected a whole number"),
+    ] {
+        out = out.replace(rust, plain);
+    }
     out
 }
 
@@ -772,8 +780,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            msg.contains("at timeout_secs: invalid type: a string, expected")
-                && !msg.contains("wJalr"),
+            msg.contains(
+                "at timeout_secs: invalid type: a string, expected a whole number of 0 or more"
+            ) && !msg.contains("wJalr"),
             "{msg}"
         );
     }
