@@ -427,7 +427,7 @@ impl Config {
             ("spool.dir", "FERRY_SPOOL_DIR", &self.spool.dir),
             ("ship.dir", "FERRY_SHIP_DIR", &self.ship.dir),
         ] {
-            if path.as_os_str().is_empty() {
+            if path.to_str().is_some_and(|p| p.trim().is_empty()) {
                 return Err(format!(
                     "{key} is empty ({var}); give it a directory, or leave it out for its default"
                 ));
@@ -526,6 +526,7 @@ fn without_strings(message: &str) -> String {
     for (rust, plain) in [
         ("expected u32", "expected a whole number of 0 or more"),
         ("expected u64", "expected a whole number of 0 or more"),
+        ("expected usize", "expected a whole number of 0 or more"),
         ("expected i64", "expected a whole number"),
     ] {
         out = out.replace(rust, plain);
@@ -682,8 +683,11 @@ mod tests {
     /// destination list was accepted until a bundle had nowhere to go.
     #[test]
     fn empty_variables_mean_unset_and_empty_settings_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(&path, "").unwrap();
         let cfg = Config::load(
-            None,
+            Some(&path),
             &env_of(&[
                 ("FERRY_SPOOL_DIR", ""),
                 ("FERRY_SHIP_BACKENDS", " "),
@@ -692,9 +696,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg, Config::default());
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ferry.toml");
         for (text, words) in [
+            ("[ship]\ndir = \"  \"\n", "ship.dir is empty"),
             ("[ship]\ndir = \"\"\n", "ship.dir is empty"),
             ("[spool]\ndir = \"\"\n", "spool.dir is empty"),
             ("state_dir = \"\"\n", "state_dir is empty"),

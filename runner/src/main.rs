@@ -303,8 +303,15 @@ fn main() -> ExitCode {
 /// as bundles have them: a value the user put where a secret appears (an
 /// endpoint with a password, a token in a command) stays out of the log.
 fn redacted(text: &str) -> String {
-    let secrets = ferry::secrets::Secrets::from_env(&|k| std::env::var(k).ok()).values();
-    ferry_uploaders::bundle::redact_text(&secrets, text).unwrap_or_else(|_| text.to_string())
+    // Shorter values (`test`, a LocalStack default) would mangle ordinary
+    // words on the screen; a real credential is longer.
+    let secrets: Vec<String> = ferry::secrets::Secrets::from_env(&|k| std::env::var(k).ok())
+        .values()
+        .into_iter()
+        .filter(|s| s.len() >= 8)
+        .collect();
+    let text = ferry::secrets::mask_userinfo(text);
+    ferry_uploaders::bundle::redact_text(&secrets, &text).unwrap_or(text)
 }
 
 /// The error and its causes on one line, each cause once: most of ferry's
@@ -353,7 +360,7 @@ fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
                 Err(trip::TripError::Preflight(msg)) => {
                     eprintln!("ferry: preflight failed, nothing was touched:");
                     for problem in msg.split("; ") {
-                        eprintln!("  - {problem}");
+                        eprintln!("  - {}", redacted(problem));
                     }
                     Ok(ExitCode::from(2))
                 }
@@ -399,7 +406,7 @@ fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
                 config.state_dir = d;
             }
             let report = ferry::rehearse::rehearse(&config, args.pid, telemetry)?;
-            eprint!("{}", report.render());
+            eprint!("{}", redacted(&report.render()));
             Ok(if report.would_work() {
                 ExitCode::SUCCESS
             } else {

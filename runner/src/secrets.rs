@@ -127,8 +127,43 @@ impl Secrets {
     }
 }
 
+/// `text` with the user and password of every URL (`scheme://user:pw@host`)
+/// replaced by `***`: a password written into an endpoint is a secret no
+/// variable names.
+pub fn mask_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c == '"' || c == '\'' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn url_userinfo_is_masked() {
+        assert_eq!(
+            mask_userinfo("endpoint \"http://u:pw@127.0.0.1:9/b\" and https://h/x@y"),
+            "endpoint \"http://***@127.0.0.1:9/b\" and https://h/x@y"
+        );
+        assert_eq!(mask_userinfo("no url here @ all"), "no url here @ all");
+        assert_eq!(mask_userinfo("s3://a@b"), "s3://***@b");
+        assert_eq!(mask_userinfo("x://"), "x://");
+    }
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 

@@ -942,7 +942,7 @@ fn config_check_and_errors_redact_secrets_quoted_in_settings() {
         .env("FERRY_SHIP_S3_BUCKET", "b")
         .env(
             "FERRY_SHIP_S3_ENDPOINT",
-            format!("http://u:{secret}@127.0.0.1:9"),
+            "http://u:EndpointPassword7@127.0.0.1:9",
         )
         .arg("config")
         .arg("check")
@@ -951,6 +951,12 @@ fn config_check_and_errors_redact_secrets_quoted_in_settings() {
         .stdout_has("echo [REDACTED]")
         .stderr_has("is not usable");
     assert!(!r.stdout().contains(secret) && !r.stderr().contains(secret));
+    // A password in a URL is a secret no variable names.
+    let all = format!("{}{}", r.stdout(), r.stderr());
+    assert!(
+        !all.contains("EndpointPassword7") && all.contains("http://***@127.0.0.1:9"),
+        "{all}"
+    );
     let r = Ferry::new()
         .env("AWS_SECRET_ACCESS_KEY", secret)
         .env("FERRY_CRIU_RESTORE_ATTEMPTS", secret)

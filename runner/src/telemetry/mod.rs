@@ -101,7 +101,7 @@ pub fn init() -> Telemetry {
     // Escape codes only for a person at a terminal: a CI log or a file
     // gets plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi)

@@ -189,18 +189,25 @@ impl BundleReader {
             Ok(Flow::Continue)
         })?;
         let bytes = manifest_bytes.ok_or_else(|| BundleError::NoManifest { path: path.clone() })?;
+        // The format first: a newer manifest may not parse as ours at all.
+        #[derive(serde::Deserialize)]
+        struct Format {
+            format: u32,
+        }
+        if let Ok(Format { format }) = serde_json::from_slice::<Format>(&bytes)
+            && format > super::MANIFEST_FORMAT
+        {
+            return Err(BundleError::NewerFormat {
+                path,
+                format,
+                known: super::MANIFEST_FORMAT,
+            });
+        }
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|source| BundleError::BadManifest {
                 path: path.clone(),
                 source,
             })?;
-        if manifest.format > super::MANIFEST_FORMAT {
-            return Err(BundleError::NewerFormat {
-                path,
-                format: manifest.format,
-                known: super::MANIFEST_FORMAT,
-            });
-        }
         Ok(BundleReader {
             path,
             manifest,
