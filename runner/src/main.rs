@@ -577,10 +577,8 @@ fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<
         } else if listed.is_empty() {
             eprintln!("ferry: no bundle matches");
         } else {
-            for l in &listed {
-                writeln!(out, "{}\t{}\t{}", l.modified, l.size, l.key)
-                    .context("cannot write to stdout")?;
-            }
+            out.write_all(pull::table(&listed).as_bytes())
+                .context("cannot write to stdout")?;
         }
         return Ok(ExitCode::SUCCESS);
     };
@@ -589,8 +587,19 @@ fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<
         ..Default::default()
     };
     let mut pulled = Vec::new();
+    // One bad bundle must not hide the good ones after it: each failure is
+    // named as it happens and the pull fails at the end.
+    let mut failed = 0usize;
     for item in &listed {
-        let p = pull::fetch(backend.as_ref(), item, &dest, &limits)?;
+        let p = match pull::fetch(backend.as_ref(), item, &dest, &limits) {
+            Ok(p) => p,
+            Err(e @ pull::PullError::Create { .. }) => return Err(e.into()),
+            Err(e) => {
+                failed += 1;
+                eprintln!("ferry: error: {}", redacted(&error_text(&e.into())));
+                continue;
+            }
+        };
         if !args.json {
             writeln!(
                 out,
@@ -609,6 +618,17 @@ fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<
     }
     if listed.is_empty() {
         eprintln!("ferry: no bundle matches");
+    }
+    if failed > 0 {
+        let total = listed.len();
+        if failed == total {
+            anyhow::bail!("no bundle could be pulled ({failed} refused, each named above)");
+        }
+        anyhow::bail!(
+            "{failed} of {total} bundles could not be pulled (each named above); the other {} are in {}",
+            total - failed,
+            dest.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

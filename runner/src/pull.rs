@@ -47,6 +47,8 @@ pub struct Listed {
     pub size: u64,
     /// Last modified, Unix seconds.
     pub modified: u64,
+    /// The same time as RFC 3339 UTC, for people reading the JSON.
+    pub modified_at: String,
     pub host: Option<String>,
     pub run_id: Option<String>,
     pub stage: Option<String>,
@@ -130,7 +132,7 @@ pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, PullError> {
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
         return Err(bad());
     }
-    let mut secs = days_from_civil(y, mo, d) * 86_400;
+    let mut secs = ferry_uploaders::utc::days_from_civil(y, mo, d) * 86_400;
     if let Some(tm) = time {
         let tp: Vec<&str> = tm.split(':').collect();
         let nums: Vec<i64> = tp
@@ -148,17 +150,6 @@ pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, PullError> {
     u64::try_from(secs)
         .map(|s| UNIX_EPOCH + Duration::from_secs(s))
         .map_err(|_| bad())
-}
-
-/// Howard Hinnant's days_from_civil.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// The bundles in `backend` that pass `filter`, newest first.
@@ -181,6 +172,9 @@ pub fn list(backend: &dyn Backend, filter: &Filter) -> Result<Vec<Listed>, PullE
                 key: o.key,
                 size: o.size,
                 modified,
+                modified_at: ferry_uploaders::utc::rfc3339_secs(
+                    i64::try_from(modified).unwrap_or(i64::MAX),
+                ),
                 host,
                 run_id,
                 stage,
@@ -215,6 +209,49 @@ pub fn list(backend: &dyn Backend, filter: &Filter) -> Result<Vec<Listed>, PullE
         out.truncate(n);
     }
     Ok(out)
+}
+
+/// The listing as a table for people: a header, then one aligned row per
+/// bundle, newest first. Names ferry did not write show `-` in the fields
+/// it could not read from them.
+pub fn table(listed: &[Listed]) -> String {
+    let rows: Vec<[String; 6]> = listed
+        .iter()
+        .map(|l| {
+            let or_dash = |f: &Option<String>| f.clone().unwrap_or_else(|| "-".into());
+            [
+                l.modified_at.clone(),
+                ferry_uploaders::progress::human(l.size),
+                or_dash(&l.result),
+                or_dash(&l.host),
+                or_dash(&l.run_id),
+                l.key.clone(),
+            ]
+        })
+        .collect();
+    let header = ["SHIPPED (UTC)", "SIZE", "RESULT", "HOST", "RUN", "KEY"].map(String::from);
+    let mut widths = header.clone().map(|h| h.chars().count());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, (c, w)) in r.iter().zip(widths).enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                let pad = w - c.chars().count();
+                line.push_str(c);
+                line.extend(std::iter::repeat_n(' ', pad + 2));
+            }
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 /// What [`fetch`] did with one bundle.
@@ -293,6 +330,53 @@ mod tests {
             parse_name("20261203T120000Z-abc123-dump-failed.tar.gz"),
             None
         );
+    }
+
+    #[test]
+    fn table_aligns_columns_and_dashes_foreign_names() {
+        let listed = vec![
+            Listed {
+                key: "ci-a-20261203T120000Z-abc123-restore-failed.tar.gz".into(),
+                size: 3 << 20,
+                modified: 1_796_326_137,
+                modified_at: "2026-12-03T19:28:57Z".into(),
+                host: Some("ci-a".into()),
+                run_id: Some("20261203T120000Z-abc123".into()),
+                stage: Some("restore".into()),
+                result: Some("failed".into()),
+            },
+            Listed {
+                key: "odd.tar.gz".into(),
+                size: 10,
+                modified: 0,
+                modified_at: "1970-01-01T00:00:00Z".into(),
+                host: None,
+                run_id: None,
+                stage: None,
+                result: None,
+            },
+        ];
+        let t = table(&listed);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3, "{t}");
+        assert!(
+            lines[0].starts_with("SHIPPED (UTC)         SIZE     RESULT  HOST  RUN"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "2026-12-03T19:28:57Z  3.0 MiB  failed  ci-a  20261203T120000Z-abc123  ci-a-"
+            ),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with(
+                "1970-01-01T00:00:00Z  10 B     -       -     -                        odd.tar.gz"
+            ),
+            "{t}"
+        );
+        let key_col = lines[0].find("KEY").unwrap();
+        assert_eq!(lines[2].find("odd.tar.gz"), Some(key_col), "{t}");
     }
 
     #[test]

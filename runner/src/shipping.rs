@@ -109,10 +109,10 @@ pub fn waiting_line(record: &ShipRecord) -> Option<String> {
 /// `pid 42 (ferry ship) since 2026-12-04T03:30:00Z`: who holds the lock.
 pub fn holder(what: &str) -> String {
     let secs = i64::try_from(ids::now_unix_nano() / 1_000_000_000).unwrap_or(0);
-    let (y, mo, d, h, mi, s) = crate::trip::civil_from_unix(secs);
     format!(
-        "pid {} ({what}) since {y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z",
-        std::process::id()
+        "pid {} ({what}) since {}",
+        std::process::id(),
+        ferry_uploaders::utc::rfc3339_secs(secs)
     )
 }
 

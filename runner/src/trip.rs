@@ -307,33 +307,10 @@ fn phase_line(p: &PhaseRecord) -> String {
 
 fn new_run_id() -> String {
     let secs = ids::now_unix_nano() / 1_000_000_000;
-    let (y, mo, d, h, mi, s) = civil_from_unix(secs as i64);
+    let (y, mo, d, h, mi, s) = ferry_uploaders::utc::civil_from_unix(secs as i64);
     format!(
         "{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z-{}",
         &ids::span_id()[..6]
-    )
-}
-
-/// UTC calendar fields of a Unix time (Howard Hinnant's days-from-civil inverse).
-pub fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
     )
 }
 
@@ -485,13 +462,6 @@ fn restore_in_place(ctx: &mut Ctx<'_>, reason: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_dates() {
-        assert_eq!(civil_from_unix(0), (1970, 1, 1, 0, 0, 0));
-        assert_eq!(civil_from_unix(1_796_326_137), (2026, 12, 3, 19, 28, 57));
-        assert_eq!(civil_from_unix(951_782_400), (2000, 2, 29, 0, 0, 0));
-    }
 
     #[test]
     fn run_ids_sort_by_time() {

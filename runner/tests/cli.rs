@@ -710,6 +710,55 @@ fn truncated_gzip_is_refused() {
     );
 }
 
+/// A bad bundle among good ones: the good ones are still extracted, the
+/// bad one is named, the pull fails (it stopped at the first bad bundle).
+#[test]
+fn pull_extract_goes_past_a_bad_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_dir(tmp.path(), "criu/pid-in-use.log");
+    let bad = "h-20261204T120000Z-bad999-dump-failed.tar.gz";
+    let store = store_with(tmp.path(), bad, |p| {
+        bundle_of(&run, p);
+        let bytes = std::fs::read(p).unwrap();
+        std::fs::write(p, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    let good = "h-20261203T120000Z-abc123-restore-failed.tar.gz";
+    bundle_of(&run, &store.join(good));
+    let out = tmp.path().join("out");
+    Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(&store)
+        .arg("--extract")
+        .arg(&out)
+        .run()
+        .code(2)
+        .stderr_has(&format!("{bad} in the dir store was refused"))
+        .stderr_has("1 of 2 bundles could not be pulled")
+        .stdout_has("files verified");
+    assert!(
+        out.join("h-20261203T120000Z-abc123-restore-failed/logs/restore.log")
+            .is_file()
+    );
+    assert!(!out.join(bad).exists());
+    // The listing is a table with a header, newest first.
+    let r = Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(&store)
+        .run()
+        .code(0);
+    let listing = r.stdout();
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("SHIPPED (UTC)"), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("failed") || l.starts_with("SHIPPED"))
+    );
+}
+
 #[test]
 fn manifest_hash_mismatch_is_refused() {
     let tmp = tempfile::tempdir().unwrap();

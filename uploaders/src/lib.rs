@@ -9,6 +9,7 @@
 //!   backoff with full jitter, and a bar or plain progress lines.
 //! * [`spool`] keeps bundles on disk until every destination has them.
 //! * [`failpoint`] is where the crash tests stop ferry.
+//! * [`utc`] turns Unix times into UTC dates and back.
 
 pub mod backends;
 pub mod bundle;
@@ -16,6 +17,7 @@ pub mod failpoint;
 pub mod progress;
 pub mod retry;
 pub mod spool;
+pub mod utc;
 
 pub use backends::{
     Backend, BackendError, DirBackend, DropboxBackend, DropboxConfig, DropboxCredentials, Faulty,
