@@ -27,6 +27,7 @@ pub mod secrets;
 pub mod session;
 pub mod shipping;
 pub mod state;
+pub mod table;
 pub mod telemetry;
 pub mod trip;
 pub mod units;

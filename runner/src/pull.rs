@@ -215,11 +215,11 @@ pub fn list(backend: &dyn Backend, filter: &Filter) -> Result<Vec<Listed>, PullE
 /// bundle, newest first. Names ferry did not write show `-` in the fields
 /// it could not read from them.
 pub fn table(listed: &[Listed]) -> String {
-    let rows: Vec<[String; 6]> = listed
+    let rows: Vec<Vec<String>> = listed
         .iter()
         .map(|l| {
             let or_dash = |f: &Option<String>| f.clone().unwrap_or_else(|| "-".into());
-            [
+            vec![
                 l.modified_at.clone(),
                 ferry_uploaders::progress::human(l.size),
                 or_dash(&l.result),
@@ -229,29 +229,10 @@ pub fn table(listed: &[Listed]) -> String {
             ]
         })
         .collect();
-    let header = ["SHIPPED (UTC)", "SIZE", "RESULT", "HOST", "RUN", "KEY"].map(String::from);
-    let mut widths = header.clone().map(|h| h.chars().count());
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for r in std::iter::once(&header).chain(&rows) {
-        let mut line = String::new();
-        for (i, (c, w)) in r.iter().zip(widths).enumerate() {
-            if i + 1 == r.len() {
-                line.push_str(c);
-            } else {
-                let pad = w - c.chars().count();
-                line.push_str(c);
-                line.extend(std::iter::repeat_n(' ', pad + 2));
-            }
-        }
-        out.push_str(&line);
-        out.push('\n');
-    }
-    out
+    crate::table::render(
+        &["SHIPPED (UTC)", "SIZE", "RESULT", "HOST", "RUN", "KEY"],
+        &rows,
+    )
 }
 
 /// What [`fetch`] did with one bundle.

@@ -245,7 +245,7 @@ fn a_damaged_entry_is_quarantined_never_shipped_and_dropped_only_by_id() {
         .arg("list")
         .run()
         .code(0)
-        .stdout_has(&format!("{id}\tquarantined"));
+        .stdout_has(&format!("{id}  quarantined"));
     env.ferry()
         .arg("spool")
         .arg("show")
@@ -270,6 +270,52 @@ fn a_damaged_entry_is_quarantined_never_shipped_and_dropped_only_by_id() {
         .run()
         .code(2)
         .stderr_has("has no entry");
+}
+
+/// A bundle and its report page in the spool: the table tells them apart
+/// (the page goes first at the cap), and `show` says so.
+#[test]
+fn spool_list_marks_report_pages() {
+    use std::io::Write;
+    let env = Env::new();
+    let bundle = env.file("h-20261203T120000Z-abc123-dump-failed.tar.gz", b"bundle");
+    env.ferry()
+        .arg("spool")
+        .arg("add")
+        .arg(&bundle)
+        .run()
+        .code(0);
+    let spool = ferry_uploaders::Spool::open(env.spool(), Default::default()).unwrap();
+    let mut w = spool
+        .writer(
+            "h-20261203T120000Z-abc123-dump-failed.report.html",
+            &["dir".to_string()],
+            Default::default(),
+        )
+        .unwrap();
+    w.expendable();
+    w.write_all(b"<html></html>").unwrap();
+    let page = w.commit().unwrap().entry.meta.id.clone();
+    drop(spool);
+    let r = env.ferry().arg("spool").arg("list").run().code(0);
+    let listing = r.stdout();
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines.len(), 3, "{listing}");
+    assert!(lines[0].starts_with("ID "), "{listing}");
+    let row = |key: &str| {
+        let l = lines.iter().find(|l| l.ends_with(key)).unwrap();
+        l.split_whitespace().collect::<Vec<_>>()
+    };
+    assert_eq!(row(".report.html")[2], "page", "{listing}");
+    assert_eq!(row(".tar.gz")[2], "bundle", "{listing}");
+    assert_eq!(row(".tar.gz")[3..5], ["6", "B"], "{listing}");
+    env.ferry()
+        .arg("spool")
+        .arg("show")
+        .arg(&page)
+        .run()
+        .code(0)
+        .stdout_has("kind: report page");
 }
 
 #[test]

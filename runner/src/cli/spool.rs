@@ -151,38 +151,63 @@ fn list(spool: &Spool, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
         eprintln!("ferry: the spool {} is empty", spool.root().display());
         return Ok(());
     }
-    writeln!(out, "ID\tSTATE\tSIZE\tAGE\tWAITS FOR\tKEY")?;
+    let dash = || "-".to_string();
+    let mut rows: Vec<Vec<String>> = Vec::new();
     for s in &scanned {
-        match s {
-            Scanned::Entry(e) => writeln!(
-                out,
-                "{}\t{}\t{}\t{}\t{}\t{}",
-                e.meta.id,
-                e.state(),
-                e.meta.size,
+        rows.push(match s {
+            Scanned::Entry(e) => vec![
+                e.meta.id.clone(),
+                e.state().to_string(),
+                kind_of(e).into(),
+                ferry_uploaders::progress::human(e.meta.size),
                 age(e.meta.created_unix_nano),
                 pending_of(e),
-                e.meta.key
-            )?,
-            Scanned::Bad { name, reason, .. } => {
-                writeln!(out, "{name}\tdamaged\t-\t-\t-\t({reason})")?
-            }
-            Scanned::Newer { name, format, .. } => {
-                writeln!(out, "{name}\tnewer-format-{format}\t-\t-\t-\t-")?
-            }
-        }
+                e.meta.key.clone(),
+            ],
+            Scanned::Bad { name, reason, .. } => vec![
+                name.clone(),
+                "damaged".into(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                format!("({reason})"),
+            ],
+            Scanned::Newer { name, format, .. } => vec![
+                name.clone(),
+                format!("newer-format-{format}"),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+            ],
+        });
     }
     for q in &quarantined {
-        writeln!(
-            out,
-            "{}\tquarantined\t{}\t{}\t-\t({})",
-            q.name,
-            q.bytes,
+        rows.push(vec![
+            q.name.clone(),
+            "quarantined".into(),
+            dash(),
+            ferry_uploaders::progress::human(q.bytes),
             age(q.quarantined_unix_nano),
-            q.reason
-        )?;
+            dash(),
+            format!("({})", q.reason),
+        ]);
     }
+    out.write_all(
+        ferry::table::render(
+            &["ID", "STATE", "KIND", "SIZE", "AGE", "WAITS FOR", "KEY"],
+            &rows,
+        )
+        .as_bytes(),
+    )?;
     Ok(())
+}
+
+/// A report page is expendable: the cap evicts it before any bundle.
+fn kind_of(e: &EntryStatus) -> &'static str {
+    if e.meta.expendable { "page" } else { "bundle" }
 }
 
 fn show(spool: &Spool, id: &str, json: bool, out: &mut impl Write) -> anyhow::Result<()> {
@@ -228,6 +253,12 @@ fn show(spool: &Spool, id: &str, json: bool, out: &mut impl Write) -> anyhow::Re
     }
     writeln!(out, "{}: {}", e.meta.id, e.state())?;
     writeln!(out, "  key: {}", e.meta.key)?;
+    if e.meta.expendable {
+        writeln!(
+            out,
+            "  kind: report page (the size cap evicts it before any bundle)"
+        )?;
+    }
     writeln!(
         out,
         "  size: {} bytes, sha256 {}",
