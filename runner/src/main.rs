@@ -518,10 +518,20 @@ fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow
         );
     }
     let diagnosis = diagnose::diagnose_paths(&[dir.to_path_buf()], Some(dir)).ok();
+    // The page first: a path that cannot be written fails the command
+    // before a timeline is printed as if all went well.
+    if let Some(path) = html {
+        std::fs::write(path, ferry::report::html(&timeline, diagnosis.as_ref())).with_context(
+            || {
+                format!(
+                    "cannot write the page to {}; give --html a path in a writable directory",
+                    path.display()
+                )
+            },
+        )?;
+    }
     print!("{}", ferry::report::text(&timeline, diagnosis.as_ref()));
     if let Some(path) = html {
-        std::fs::write(path, ferry::report::html(&timeline, diagnosis.as_ref()))
-            .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("ferry: wrote {}", path.display());
     }
     std::io::stdout()

@@ -191,6 +191,16 @@ fn diagnose_and_report_a_bundle() {
         .stdout_has("diagnosis: tty-index-busy at logs/restore.log:");
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("<svg") && page.contains("tty-index-busy"));
+    // Regression: an unwritable --html printed the whole timeline first.
+    let r = Ferry::new()
+        .arg("report")
+        .arg(&run)
+        .arg("--html")
+        .arg(tmp.path().join("no-such-dir/report.html"))
+        .run()
+        .code(2)
+        .stderr_has("no-such-dir/report.html; give --html a path in a writable directory");
+    assert_eq!(r.stdout(), "");
     // And straight from the run directory.
     Ferry::new()
         .arg("report")
