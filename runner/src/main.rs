@@ -706,7 +706,13 @@ fn ship_cmd(
         if e.removed || e.quarantined.is_some() {
             continue;
         }
-        for d in &e.parked {
+        // Parked before this drain, or just now by a permanent failure.
+        let newly = e
+            .failed
+            .iter()
+            .filter(|f| f.permanent)
+            .map(|f| &f.destination);
+        for d in e.parked.iter().chain(newly) {
             eprintln!(
                 "ferry: {} ({}) is parked for {d} by a permanent failure (`ferry spool show {}`); fix it, then `ferry spool retry {}`",
                 e.id, e.key, e.id, e.id

@@ -272,6 +272,48 @@ fn a_damaged_entry_is_quarantined_never_shipped_and_dropped_only_by_id() {
         .stderr_has("has no entry");
 }
 
+/// A permanent failure parks the entry at once: the first `ferry ship`
+/// already says so and what to run once fixed (it said only "not shipped",
+/// the parked line came one drain later), and the error says what to fix.
+#[test]
+fn a_permanent_failure_says_parked_at_the_first_drain() {
+    let env = Env::new();
+    let not_a_dir = env.file("not-a-dir", b"x");
+    let bundle = env.file("b.tar.gz", b"bundle");
+    let ship_to_file = |f: Ferry| f.env("FERRY_SHIP_DIR", not_a_dir.join("sub"));
+    let id = ship_to_file(env.ferry())
+        .arg("spool")
+        .arg("add")
+        .arg(&bundle)
+        .run()
+        .code(0)
+        .stdout()
+        .trim()
+        .to_string();
+    ship_to_file(env.ferry())
+        .arg("ship")
+        .run()
+        .code(1)
+        .stderr_has(&format!(
+            "b.tar.gz not shipped to dir (1 attempt so far), parked until `ferry spool retry {id}`"
+        ))
+        .stderr_has("a part of it is a file")
+        .stderr_has(&format!(
+            "{id} (b.tar.gz) is parked for dir by a permanent failure"
+        ));
+    // Fixed: retry, and the next drain ships it.
+    env.ferry().arg("spool").arg("retry").arg(&id).run().code(0);
+    env.ferry()
+        .arg("ship")
+        .run()
+        .code(0)
+        .stderr_has("1 shipped");
+    assert_eq!(
+        std::fs::read(env.dest().join("b.tar.gz")).unwrap(),
+        b"bundle"
+    );
+}
+
 /// A bundle and its report page in the spool: the table tells them apart
 /// (the page goes first at the cap), and `show` says so.
 #[test]

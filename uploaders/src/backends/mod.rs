@@ -242,6 +242,12 @@ fn classify_io(e: &io::Error) -> (ErrorKind, &'static str) {
                     "the backend's filesystem is read-only; remount it read-write or choose another root",
                 );
             }
+            libc::ENOTDIR | libc::EISDIR | libc::ELOOP | libc::ENAMETOOLONG => {
+                return (
+                    ErrorKind::Config,
+                    "the path does not lead where a directory or file can be: a part of it is a file, a link loop or too long; fix the root (ship.dir) or the key",
+                );
+            }
             _ => {}
         }
     }
@@ -260,7 +266,10 @@ fn classify_io(e: &io::Error) -> (ErrorKind, &'static str) {
         | K::ConnectionRefused
         | K::BrokenPipe => (ErrorKind::Unavailable, "retry later"),
         K::StorageFull => (ErrorKind::NoSpace, "free space on the backend's filesystem"),
-        _ => (ErrorKind::Other, "see the error above"),
+        _ => (
+            ErrorKind::Other,
+            "check the path and the filesystem it is on",
+        ),
     }
 }
 

@@ -519,8 +519,16 @@ fn record_failure(
             status.path.display()
         );
     }
+    let then = if f.permanent {
+        format!(
+            "parked until `ferry spool retry {}` (retrying cannot help)",
+            status.meta.id
+        )
+    } else {
+        "tried again by the next drain".to_string()
+    };
     tracing::warn!(
-        "{} not shipped to {dest} ({}): {}",
+        "{} not shipped to {dest} ({}), {then}: {}",
         status.meta.key,
         attempts_text(f.attempts),
         f.error

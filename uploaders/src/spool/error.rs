@@ -88,6 +88,6 @@ fn fix_for(e: &io::Error) -> &'static str {
             "ferry must own the spool: run it as root (sudo), or point spool.dir (FERRY_SPOOL_DIR) at a directory this user owns"
         }
         io::ErrorKind::NotFound => "the spool changed under ferry; run the command again",
-        _ => "see the error above",
+        _ => "check spool.dir (FERRY_SPOOL_DIR) and the filesystem it is on",
     }
 }
