@@ -737,7 +737,7 @@ fn ship_cmd(
         .count();
     let spans: usize = summary.spans.iter().map(|(_, x)| x.spans_sent).sum();
     eprintln!(
-        "ferry: spool {}: {shipped} shipped{}, {} waiting, {} quarantined, {} evicted{}",
+        "ferry: spool {}: {shipped} shipped{}, {} waiting{}, {} quarantined, {} evicted{}",
         cfg.spool.dir.display(),
         if pages > 0 {
             format!(" ({pages} of them report pages)")
@@ -745,6 +745,11 @@ fn ship_cmd(
             String::new()
         },
         r.depth,
+        if r.pages_waiting > 0 {
+            format!(" ({} of them report pages)", r.pages_waiting)
+        } else {
+            String::new()
+        },
         r.quarantined.len(),
         r.evicted.len(),
         if spans > 0 {

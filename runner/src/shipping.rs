@@ -46,7 +46,8 @@ pub fn run_end_retry(config: &Config) -> RetryPolicy {
 /// What the spool's metrics count at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SpoolTally {
-    pub depth: usize,
+    /// What waits in the spool, bundles and report pages apart.
+    pub waiting: ferry_uploaders::spool::Waiting,
     /// Evictions by reason.
     pub evicted: BTreeMap<String, u64>,
     pub quarantined: u64,
@@ -66,7 +67,10 @@ impl SpoolTally {
 
     pub fn from_report(report: &DrainReport) -> Self {
         let mut t = SpoolTally {
-            depth: report.depth,
+            waiting: ferry_uploaders::spool::Waiting {
+                bundles: report.depth - report.pages_waiting,
+                pages: report.pages_waiting,
+            },
             quarantined: report.quarantined.len() as u64,
             ..SpoolTally::default()
         };

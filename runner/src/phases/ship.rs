@@ -109,7 +109,7 @@ pub fn run(ctx: &mut Ctx<'_>, result: &str) -> Result<ShipRecord, PhaseError> {
             .collect(),
     };
     record.report = page_to.ship(ctx.config, &name, &page, &secret_values, &mut tally);
-    tally.depth = spool.depth().unwrap_or(0);
+    tally.waiting = spool.waiting().unwrap_or_default();
     let doc = crate::telemetry::metrics::spool_metrics(
         &crate::telemetry::service_name(&ctx.state),
         &ctx.state.host,

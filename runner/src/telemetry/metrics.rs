@@ -218,15 +218,22 @@ pub fn spool_metrics(
     start: u64,
     now: u64,
 ) -> Value {
+    let depth_points = [
+        ("bundle", report.waiting.bundles),
+        ("page", report.waiting.pages),
+    ]
+    .map(|(kind, n)| {
+        json!({
+            "attributes": [attr(names::ATTR_SPOOL_KIND, kind)],
+            "timeUnixNano": now.to_string(),
+            "asInt": n.to_string(),
+        })
+    });
     let mut metrics = vec![json!({
         "name": names::METRIC_SPOOL_DEPTH.name,
         "unit": names::METRIC_SPOOL_DEPTH.unit,
         "description": names::METRIC_SPOOL_DEPTH.description,
-        "gauge": { "dataPoints": [{
-            "attributes": [],
-            "timeUnixNano": now.to_string(),
-            "asInt": report.depth.to_string(),
-        }]},
+        "gauge": { "dataPoints": depth_points },
     })];
     for (reason, n) in &report.evicted {
         metrics.push(counter(
@@ -297,7 +304,10 @@ mod tests {
     #[test]
     fn spool_metrics_use_listed_names_and_attributes() {
         let mut tally = crate::shipping::SpoolTally {
-            depth: 3,
+            waiting: ferry_uploaders::spool::Waiting {
+                bundles: 3,
+                pages: 2,
+            },
             quarantined: 1,
             ..Default::default()
         };
@@ -321,12 +331,15 @@ mod tests {
                     assert!(listed.attributes.contains(&key), "{name}: {key}");
                 }
             }
-            seen.push((name, points[0]["asInt"].as_str().unwrap().to_string()));
+            for p in points {
+                seen.push((name, p["asInt"].as_str().unwrap().to_string()));
+            }
         }
         assert_eq!(
             seen,
             [
                 ("ferry.spool.depth", "3".to_string()),
+                ("ferry.spool.depth", "2".to_string()),
                 ("ferry.spool.evicted", "2".to_string()),
                 ("ferry.spool.quarantined", "1".to_string()),
                 ("ferry.ship.bytes", "42".to_string()),

@@ -75,6 +75,8 @@ pub const ATTR_SHIP_BACKEND: &str = "ferry.ship.backend";
 pub const ATTR_SPOOL_ENTRY: &str = ferry_uploaders::spool::ATTR_ENTRY;
 /// Why the spool evicted an entry: `expendable`, `acknowledged`, `quarantined`, `oldest`.
 pub const ATTR_SPOOL_REASON: &str = "ferry.spool.reason";
+/// What a spool entry holds: `bundle`, or `page` (a bundle's report page).
+pub const ATTR_SPOOL_KIND: &str = "ferry.spool.kind";
 
 /// Event name for a CRIU `Error (…)` line.
 pub const EVENT_CRIU_ERROR: &str = "criu.error";
@@ -114,6 +116,7 @@ pub const ALL_ATTRIBUTES: &[&str] = &[
     ATTR_SHIP_BACKEND,
     ATTR_SPOOL_ENTRY,
     ATTR_SPOOL_REASON,
+    ATTR_SPOOL_KIND,
     ATTR_CRIU_LINE,
 ];
 
@@ -212,13 +215,14 @@ pub const METRIC_SHIPPED_BYTES: Metric = Metric {
     description: "Size of the bundles ferry shipped.",
     attributes: &[ATTR_SHIP_BACKEND, ATTR_PIPELINE_RESULT],
 };
-/// Bundles waiting in the spool, after the ship phase or `ferry ship`.
+/// Entries waiting in the spool, after the ship phase or `ferry ship`:
+/// bundles and report pages apart (`ferry.spool.kind`).
 pub const METRIC_SPOOL_DEPTH: Metric = Metric {
     name: "ferry.spool.depth",
-    unit: "{bundle}",
+    unit: "{entry}",
     instrument: Instrument::Gauge,
-    description: "Bundles waiting in the spool.",
-    attributes: &[],
+    description: "Entries waiting in the spool, by kind: bundle or page (a bundle's report page).",
+    attributes: &[ATTR_SPOOL_KIND],
 };
 /// Entries the spool's size cap removed, by the rule that chose them.
 pub const METRIC_SPOOL_EVICTED: Metric = Metric {

@@ -47,6 +47,9 @@ pub fn describe(attribute: &str) -> Option<&'static str> {
         names::ATTR_SPOOL_REASON => {
             "why the spool evicted an entry: `expendable`, `acknowledged`, `quarantined`, `oldest` (eviction metric)"
         }
+        names::ATTR_SPOOL_KIND => {
+            "what a waiting spool entry is: `bundle`, or `page` for a bundle's report page (depth metric)"
+        }
         _ => return None,
     })
 }

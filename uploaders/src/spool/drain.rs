@@ -82,6 +82,8 @@ pub struct DrainReport {
     pub newer: Vec<String>,
     /// Entries left in the spool afterwards.
     pub depth: usize,
+    /// Of those, report pages.
+    pub pages_waiting: usize,
     /// Entries the drain could not handle (an I/O error on one of them):
     /// left where they are for the next drain; the others went on.
     pub errors: Vec<EntryError>,
@@ -213,7 +215,9 @@ impl Spool {
                 error: format!("the size cap could not be enforced: {e}"),
             }),
         }
-        report.depth = self.depth()?;
+        let waiting = self.waiting()?;
+        report.depth = waiting.bundles + waiting.pages;
+        report.pages_waiting = waiting.pages;
         Ok(report)
     }
 

@@ -64,6 +64,14 @@ pub const ATTR_ENTRY: &str = "ferry.spool.entry";
 /// The name of one upload's span is this prefix and the destination.
 pub const SPAN_SHIP_PREFIX: &str = "ship ";
 
+/// What waits in the spool, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Waiting {
+    pub bundles: usize,
+    /// Report pages: expendable copies of what a bundle holds.
+    pub pages: usize,
+}
+
 /// How much the spool may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -334,6 +342,19 @@ impl Spool {
     /// Entries waiting (usable or not), the spool depth.
     pub fn depth(&self) -> Result<usize, SpoolError> {
         Ok(self.scan()?.len())
+    }
+
+    /// The entries in the spool, told apart: bundles (damaged entries and
+    /// those of a newer format count as bundles) and report pages.
+    pub fn waiting(&self) -> Result<Waiting, SpoolError> {
+        let mut w = Waiting::default();
+        for s in self.scan()? {
+            match s {
+                Scanned::Entry(e) if e.meta.expendable => w.pages += 1,
+                _ => w.bundles += 1,
+            }
+        }
+        Ok(w)
     }
 
     /// One entry.

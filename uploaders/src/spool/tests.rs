@@ -298,6 +298,38 @@ fn damaged_entries_are_quarantined_with_the_reason() {
     assert_eq!(f.spool.quarantined().unwrap().len(), 2);
 }
 
+/// A drain says how many of the entries it left are report pages (the
+/// depth metric counts them apart from bundles).
+#[test]
+fn pages_waiting_are_counted_apart() {
+    let f = fixture(Limits::default());
+    let down = Arc::new(
+        Faulty::new(Box::new(DirBackend::new(&f.stores[0]).unwrap()))
+            .named("down")
+            .fail_first(u64::MAX, ErrorKind::Unavailable),
+    );
+    let resolve = move |_: &EntryMeta, _: &str| -> Result<Arc<dyn Backend>, BackendError> {
+        Ok(down.clone())
+    };
+    drop(spool_bytes(&f.spool, "b.tar.gz", b"1", &["down"]));
+    let mut w = f
+        .spool
+        .writer("b.report.html", &["down".to_string()], Origin::default())
+        .unwrap();
+    w.expendable();
+    w.write_all(b"<html>").unwrap();
+    drop(w.commit().unwrap());
+    let r = f.spool.drain(&opts(), &resolve).unwrap();
+    assert_eq!((r.depth, r.pages_waiting), (2, 1), "{r:?}");
+    assert_eq!(
+        f.spool.waiting().unwrap(),
+        Waiting {
+            bundles: 1,
+            pages: 1
+        }
+    );
+}
+
 /// A report page repeats what its bundle holds: at the cap it goes first,
 /// though younger than every bundle and acknowledged by no destination.
 #[test]
