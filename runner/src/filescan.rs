@@ -76,6 +76,7 @@ pub fn scan(
                 dev: st.dev,
                 inode: st.ino,
                 fs_type: mounts.get(&dev_key).cloned(),
+                hidden_at_next_boot: false,
                 users: vec![user],
             });
         };

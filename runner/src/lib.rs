@@ -16,6 +16,7 @@ pub mod images;
 pub mod install;
 pub mod janitor;
 pub mod journal;
+pub mod next_boot;
 pub mod notes;
 pub mod phases;
 pub mod procfs;

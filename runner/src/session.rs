@@ -65,6 +65,10 @@ pub struct UsedFile {
     /// the user's mountinfo; `None` when no mount matched its device.
     pub fs_type: Option<String>,
     pub users: Vec<FileUser>,
+    /// On disk now, under a directory the next boot mounts a tmpfs on
+    /// (Debian 13's `/tmp`): as good as gone after the reboot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hidden_at_next_boot: bool,
 }
 
 /// One task's use of a [`UsedFile`].
@@ -110,10 +114,11 @@ impl UsedFile {
                 self.file_type,
                 FileType::File | FileType::Fifo | FileType::Dir
             )
-            && self
-                .fs_type
-                .as_deref()
-                .is_some_and(|fs| VOLATILE_FS.contains(&fs))
+            && (self.hidden_at_next_boot
+                || self
+                    .fs_type
+                    .as_deref()
+                    .is_some_and(|fs| VOLATILE_FS.contains(&fs)))
     }
 
     pub fn is_exe_of(&self, pid: i32) -> bool {
@@ -418,6 +423,7 @@ pub(crate) mod tests {
                 dev: 0xfd00,
                 inode: 1311,
                 fs_type: Some("ext4".into()),
+                hidden_at_next_boot: false,
                 users: vec![
                     FileUser {
                         pid: 466,

@@ -340,6 +340,7 @@ mod tests {
             dev: md.dev(),
             inode: md.ino(),
             fs_type: Some("tmpfs".into()),
+            hidden_at_next_boot: false,
             users: vec![FileUser {
                 pid: 466,
                 how: FileUse::Fd(7),

@@ -12,6 +12,7 @@
 //! | a datagram socket to an unnamed peer outside | refuse (criu cannot name the peer) |
 //! | terminals | handled: restored in a private devpts, so pty indexes taken on the new boot do not matter |
 //! | files, FIFOs, directories on tmpfs | handled: saved after the dump, put back before the restore; files above `criu.tmpfs_copy_max_mib` are refused here and again on their sizes right before the freeze |
+//! | files in an on-disk `/tmp` the next boot mounts a tmpfs on (Debian 13's `tmp.mount`) | handled in `dump`, after the upgrade installed it: treated as tmpfs files (`tmp-becomes-tmpfs`) |
 //! | files deleted while in use | criu keeps a copy (ghost file) up to `criu.ghost_limit_mib`; bigger ones are refused |
 //! | files on mounts the task cannot see (logind's FIFO) | handled: dumped as external, a substitute inherited at restore |
 //! | pids | handled: always a new pid namespace |
@@ -530,6 +531,7 @@ mod tests {
             dev: 1,
             inode: 2,
             fs_type: Some(fs.into()),
+            hidden_at_next_boot: false,
             users: vec![FileUser {
                 pid: 466,
                 how: FileUse::Fd(7),

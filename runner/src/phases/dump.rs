@@ -104,13 +104,23 @@ fn volatile_fits(files: &[crate::session::UsedFile], cap_mib: u64) -> Result<(),
     else {
         return Ok(());
     };
+    let mib = f.size.div_ceil(MIB);
+    let what = if f.hidden_at_next_boot {
+        format!(
+            "{} is in /tmp, which the next boot mounts a tmpfs on, and is {mib} MiB",
+            f.path
+        )
+    } else {
+        format!(
+            "{} on {} has grown to {mib} MiB since the session was assessed",
+            f.path,
+            f.fs_type.as_deref().unwrap_or("tmpfs"),
+        )
+    };
     Err(PhaseError::new(
         "tmpfs_file_too_big",
         format!(
-            "{} on {} has grown to {} MiB since the session was assessed, above criu.tmpfs_copy_max_mib = {cap_mib}: it could not be saved across the reboot; nothing was frozen. Fix: raise criu.tmpfs_copy_max_mib or move the file to a disk, then run the trip again",
-            f.path,
-            f.fs_type.as_deref().unwrap_or("tmpfs"),
-            f.size.div_ceil(MIB),
+            "{what}, above criu.tmpfs_copy_max_mib = {cap_mib}: it could not be saved across the reboot; nothing was frozen. Fix: raise criu.tmpfs_copy_max_mib or move the file to a disk, then run the trip again"
         ),
     ))
 }
@@ -166,6 +176,7 @@ mod tests {
             dev: 1,
             inode: 2,
             fs_type: Some("tmpfs".into()),
+            hidden_at_next_boot: false,
             users: Vec::new(),
         }
     }

@@ -113,8 +113,54 @@ pub fn plan(
     )?;
     plan.externals.extend(externals);
     plan.ctty_fixes = fixes;
+    let mut now = now;
+    let hides = crate::next_boot::tmp_becomes_tmpfs(std::path::Path::new("/"));
+    plan.notes
+        .extend(mark_hidden_tmp(&mut now, hides.as_deref(), phase));
     plan.volatile = now.into_iter().filter(UsedFile::is_volatile).collect();
     Ok(plan)
+}
+
+/// When the next boot mounts a tmpfs on `/tmp` (`why`, from
+/// [`crate::next_boot`]), the session's files in the on-disk `/tmp` are
+/// as good as gone: marked to be saved after the dump and put back before
+/// the restore, like its tmpfs files.
+pub fn mark_hidden_tmp(files: &mut [UsedFile], why: Option<&str>, phase: &str) -> Option<Note> {
+    let why = why?;
+    let mut marked = Vec::new();
+    for f in files.iter_mut() {
+        let in_tmp = f.path.starts_with("/tmp/");
+        if in_tmp && !f.is_volatile() {
+            f.hidden_at_next_boot = true;
+            // Deleted files and sockets stay as they were: criu carries
+            // the first, and is_volatile leaves out both.
+            if f.is_volatile() {
+                marked.push(f.path.clone());
+            } else {
+                f.hidden_at_next_boot = false;
+            }
+        }
+    }
+    if marked.is_empty() {
+        return None;
+    }
+    const SHOWN: usize = 5;
+    let more = marked.len().saturating_sub(SHOWN);
+    let mut list = marked[..marked.len().min(SHOWN)].join(", ");
+    if more > 0 {
+        list.push_str(&format!(" and {more} more"));
+    }
+    Some(
+        Note::new(
+            phase,
+            "tmp-becomes-tmpfs",
+            Level::Handled,
+            format!(
+                "{why}, hiding what the session uses in the on-disk /tmp ({list}): saved after the dump and put back into the new /tmp before the restore"
+            ),
+        )
+        .with_fix("to keep the on-disk /tmp instead, run `systemctl mask tmp.mount` before the trip"),
+    )
 }
 
 /// `/dev/tty` is the opener's controlling terminal. criu restores it only
@@ -331,6 +377,63 @@ mod tests {
         assert_eq!(found.size, 9);
         assert!(found.is_volatile());
         assert!(plan.volatile.iter().all(UsedFile::is_volatile));
+    }
+
+    /// Debian 13 mounts a tmpfs on /tmp: the session's files in the
+    /// on-disk /tmp are saved and put back like tmpfs files; deleted ones
+    /// (criu carries them), sockets and files elsewhere are left alone.
+    #[test]
+    fn files_in_a_tmp_the_next_boot_hides_are_marked() {
+        let on = |path: &str, file_type: FileType, fs: &str, deleted: bool| {
+            let mut f = sudo(deleted, 0o644);
+            f.path = path.into();
+            f.file_type = file_type;
+            f.fs_type = Some(fs.into());
+            f
+        };
+        let mut files = vec![
+            on("/tmp/job/build.log", FileType::File, "ext4", false),
+            on("/tmp/job", FileType::Dir, "ext4", false),
+            on("/tmp/job/fifo", FileType::Fifo, "ext4", false),
+            on("/tmp/gone", FileType::File, "ext4", true),
+            on("/tmp/.X11-unix/X0", FileType::Other, "ext4", false),
+            on("/tmpx/other", FileType::File, "ext4", false),
+            on("/var/tmp/keep", FileType::File, "ext4", false),
+            on("/run/x", FileType::File, "tmpfs", false),
+        ];
+        assert_eq!(mark_hidden_tmp(&mut files, None, "dump"), None);
+        assert!(files.iter().all(|f| !f.hidden_at_next_boot));
+        let note = mark_hidden_tmp(
+            &mut files,
+            Some("systemd's tmp.mount (…) mounts a tmpfs on /tmp at the next boot"),
+            "dump",
+        )
+        .unwrap();
+        let hidden: Vec<&str> = files
+            .iter()
+            .filter(|f| f.hidden_at_next_boot)
+            .map(|f| f.path.as_str())
+            .collect();
+        assert_eq!(hidden, ["/tmp/job/build.log", "/tmp/job", "/tmp/job/fifo"]);
+        assert!(
+            files
+                .iter()
+                .filter(|f| f.hidden_at_next_boot)
+                .all(UsedFile::is_volatile)
+        );
+        assert_eq!(note.kind, "tmp-becomes-tmpfs");
+        assert_eq!(note.level, Level::Handled);
+        assert!(
+            note.message
+                .contains("(/tmp/job/build.log, /tmp/job, /tmp/job/fifo)"),
+            "{}",
+            note.message
+        );
+        assert!(
+            note.line().contains("systemctl mask tmp.mount"),
+            "{}",
+            note.line()
+        );
     }
 
     /// The sample's sudo, as the upgrade leaves it or not.
