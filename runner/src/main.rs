@@ -292,6 +292,9 @@ fn main() -> ExitCode {
     let telemetry = telemetry::init();
     match run(cli, &telemetry) {
         Ok(code) => code,
+        // A reader that went away (`ferry … | head`) is not an error to
+        // report: end as a program killed by SIGPIPE would.
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
             eprintln!("ferry: error: {}", redacted(&error_text(&e)));
             ExitCode::from(2)
@@ -317,6 +320,13 @@ fn redacted(text: &str) -> String {
 /// The error and its causes on one line, each cause once: most of ferry's
 /// errors already quote their cause (`cannot read X: No such file…`), and
 /// `{:#}` would print it again.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn error_text(e: &anyhow::Error) -> String {
     let mut text = e.to_string();
     for cause in e.chain().skip(1) {
@@ -521,6 +531,7 @@ fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow
     // The page first: a path that cannot be written fails the command
     // before a timeline is printed as if all went well.
     if let Some(path) = html {
+        refuse_html_over_input(path, input)?;
         std::fs::write(path, ferry::report::html(&timeline, diagnosis.as_ref())).with_context(
             || {
                 format!(
@@ -530,7 +541,9 @@ fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow
             },
         )?;
     }
-    print!("{}", ferry::report::text(&timeline, diagnosis.as_ref()));
+    std::io::stdout()
+        .write_all(ferry::report::text(&timeline, diagnosis.as_ref()).as_bytes())
+        .context("cannot write to stdout")?;
     if let Some(path) = html {
         eprintln!("ferry: wrote {}", path.display());
     }
@@ -538,6 +551,30 @@ fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow
         .flush()
         .context("cannot write to stdout")?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--html` must not write over what the report is made from: the bundle
+/// itself, or a file of the run directory (its state.json).
+fn refuse_html_over_input(html: &std::path::Path, input: &std::path::Path) -> anyhow::Result<()> {
+    let real = |p: &std::path::Path| {
+        let name = p.file_name()?;
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        Some(std::fs::canonicalize(parent).ok()?.join(name))
+    };
+    let (Some(page), Ok(source)) = (real(html), std::fs::canonicalize(input)) else {
+        return Ok(());
+    };
+    if page == source || (source.is_dir() && page.starts_with(&source)) {
+        anyhow::bail!(
+            "--html {} would write over the report's own input {}; give the page a path outside it",
+            html.display(),
+            input.display()
+        );
+    }
+    Ok(())
 }
 
 /// `ferry pull`.

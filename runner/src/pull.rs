@@ -22,7 +22,7 @@ pub enum PullError {
     #[error(transparent)]
     Destination(#[from] crate::destinations::DestinationError),
     #[error(
-        "--since {0:?} is neither a duration (30m, 12h, 7d) nor a date (2026-01-31 or 2026-01-31T12:00:00Z)"
+        "--since {0:?} is neither a duration (30m, 12h, 7d) nor a real date (2026-01-31, 2026-01-31T12:00:00Z or 2026-01-31T13:00:00+01:00)"
     )]
     BadSince(String),
     /// The downloaded copy failed its checks and was deleted: the error
@@ -38,6 +38,12 @@ pub enum PullError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// Never written over: it may be the store's own copy (`--extract`
+    /// pointed at a dir store) or another bundle of the same name.
+    #[error(
+        "{path} exists already (the store itself, an earlier pull, or a bundle of the same name elsewhere in the store); it is left alone: choose a new --extract directory"
+    )]
+    Exists { path: PathBuf },
 }
 
 /// A bundle as listed.
@@ -116,40 +122,78 @@ pub fn parse_since(s: &str, now: SystemTime) -> Result<SystemTime, PullError> {
                 .ok_or_else(bad);
         }
     }
-    let (date, time) = match t.split_once('T') {
-        Some((d, tm)) => (d, Some(tm.trim_end_matches('Z'))),
+    date_time(t).ok_or_else(bad)
+}
+
+/// `2026-01-31`, `2026-01-31T12:00[:00]` with `Z`, `+01:00` or no zone
+/// (UTC); only real dates and times, from 1970 to 9999.
+fn date_time(t: &str) -> Option<SystemTime> {
+    let (date, time) = match t.split_once(['T', 't', ' ']) {
+        Some((d, tm)) => (d, Some(tm)),
         None => (t, None),
     };
-    let dp: Vec<&str> = date.split('-').collect();
-    let [y, mo, d] = dp.as_slice() else {
-        return Err(bad());
+    let num = |p: &str, digits: std::ops::RangeInclusive<usize>| -> Option<i64> {
+        (digits.contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse().ok())
+            .flatten()
     };
-    let (y, mo, d): (i64, i64, i64) = (
-        y.parse().map_err(|_| bad())?,
-        mo.parse().map_err(|_| bad())?,
-        d.parse().map_err(|_| bad())?,
+    let mut dp = date.split('-');
+    let (y, mo, d) = (
+        num(dp.next()?, 4..=4)?,
+        num(dp.next()?, 1..=2)?,
+        num(dp.next()?, 1..=2)?,
     );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
-        return Err(bad());
+    if dp.next().is_some() || y < 1970 || !(1..=12).contains(&mo) {
+        return None;
+    }
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if d < 1 || d > month_days[usize::try_from(mo - 1).ok()?] {
+        return None;
     }
     let mut secs = ferry_uploaders::utc::days_from_civil(y, mo, d) * 86_400;
     if let Some(tm) = time {
-        let tp: Vec<&str> = tm.split(':').collect();
-        let nums: Vec<i64> = tp
-            .iter()
-            .map(|p| p.parse::<i64>())
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad())?;
-        let (h, m, sec) = match nums.as_slice() {
-            [h, m] => (*h, *m, 0),
-            [h, m, s] => (*h, *m, *s),
-            _ => return Err(bad()),
+        let (clock, offset) = if let Some(c) = tm.strip_suffix(['Z', 'z']) {
+            (c, 0)
+        } else if let Some(i) = tm.rfind(['+', '-']) {
+            let (h, m) = tm[i + 1..].split_once(':')?;
+            let (h, m) = (num(h, 2..=2)?, num(m, 2..=2)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let sign = if tm.as_bytes()[i] == b'-' { -1 } else { 1 };
+            (&tm[..i], sign * (h * 3600 + m * 60))
+        } else {
+            (tm, 0)
         };
-        secs += h * 3600 + m * 60 + sec;
+        let mut cp = clock.split(':');
+        let (h, m) = (num(cp.next()?, 2..=2)?, num(cp.next()?, 2..=2)?);
+        // A leap second (`:60`) is the next second.
+        let sec = match cp.next() {
+            Some(p) => num(p.split('.').next()?, 2..=2)?,
+            None => 0,
+        };
+        if cp.next().is_some() || h > 23 || m > 59 || sec > 60 {
+            return None;
+        }
+        secs += h * 3600 + m * 60 + sec - offset;
     }
     u64::try_from(secs)
+        .ok()
         .map(|s| UNIX_EPOCH + Duration::from_secs(s))
-        .map_err(|_| bad())
 }
 
 /// The bundles in `backend` that pass `filter`, newest first.
@@ -260,6 +304,9 @@ pub fn fetch(
     })?;
     let base = item.key.rsplit('/').next().unwrap_or(&item.key);
     let bundle = dest.join(base);
+    if std::fs::symlink_metadata(&bundle).is_ok() {
+        return Err(PullError::Exists { path: bundle });
+    }
     backend.get(&item.key, &bundle)?;
     let checked = BundleReader::open(&bundle).and_then(|r| {
         let report = r.verify()?.into_result(&bundle)?;
@@ -277,7 +324,22 @@ pub fn fetch(
         }
     };
     let dir = dest.join(base.strip_suffix(".tar.gz").unwrap_or(base));
-    let summary = reader.extract_to(&dir, limits)?;
+    let summary = match reader.extract_to(&dir, limits) {
+        Ok(s) => s,
+        Err(e) => {
+            // Nothing of a bundle that could not be extracted stays, so
+            // the same pull can be run again.
+            let _ = std::fs::remove_file(&bundle);
+            return Err(match e {
+                e @ BundleError::TargetNotEmpty { .. } => e.into(),
+                source => PullError::Refused {
+                    key: item.key.clone(),
+                    backend: backend.name().to_string(),
+                    source,
+                },
+            });
+        }
+    };
     Ok(Pulled {
         key: item.key.clone(),
         bundle,
@@ -358,6 +420,38 @@ mod tests {
         );
         let key_col = lines[0].find("KEY").unwrap();
         assert_eq!(lines[2].find("odd.tar.gz"), Some(key_col), "{t}");
+    }
+
+    /// Regressions: a huge year overflowed (a panic), impossible dates
+    /// and times were taken, and offsets were refused.
+    #[test]
+    fn since_takes_only_real_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        for bad in [
+            "99999999999999-01-01",
+            "2026-02-30",
+            "2025-02-29",
+            "2026-01-01T99:99:99Z",
+            "2026-01-01T-5:00",
+            "2026-01-01T12:00:00+25:00",
+            "1969-12-31",
+            "2026-1-1-1",
+            "",
+        ] {
+            assert!(parse_since(bad, now).is_err(), "{bad:?} was taken");
+        }
+        let at = |s: &str| {
+            parse_since(s, now)
+                .unwrap()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        assert_eq!(at("2024-02-29"), 1_709_164_800);
+        assert_eq!(at("2026-12-04T16:00:00+01:00"), at("2026-12-04T15:00:00Z"));
+        assert_eq!(at("2026-12-04T16:00-02:30"), at("2026-12-04T18:30:00Z"));
+        assert_eq!(at("2016-12-31T23:59:60Z"), at("2017-01-01T00:00:00Z"));
+        assert_eq!(at("2026-12-04T16:00:00.250Z"), at("2026-12-04T16:00:00Z"));
     }
 
     #[test]

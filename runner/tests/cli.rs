@@ -191,6 +191,39 @@ fn diagnose_and_report_a_bundle() {
         .stdout_has("diagnosis: tty-index-busy at logs/restore.log:");
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("<svg") && page.contains("tty-index-busy"));
+    // Regression: --html over the report's own input (the bundle, or the
+    // run's state.json) replaced it with the page.
+    let before = std::fs::read(&b).unwrap();
+    Ferry::new()
+        .arg("report")
+        .arg(&b)
+        .arg("--html")
+        .arg(&b)
+        .run()
+        .code(2)
+        .stderr_has("would write over the report's own input");
+    assert_eq!(std::fs::read(&b).unwrap(), before);
+    Ferry::new()
+        .arg("report")
+        .arg(&run)
+        .arg("--html")
+        .arg(run.join("state.json"))
+        .run()
+        .code(2)
+        .stderr_has("would write over the report's own input");
+    // Regression: a stdout that cannot be written was a panic (exit 101).
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("report")
+        .arg(&run)
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write to stdout"));
     // Regression: an unwritable --html printed the whole timeline first.
     let r = Ferry::new()
         .arg("report")
@@ -621,6 +654,11 @@ fn tar_slip_is_refused_by_pull_and_diagnose() {
         )
     });
     pull_refuses(tmp.path(), &store, "`..`");
+    // Regression: logs/dump.log, before the bad entry, stayed extracted.
+    let out = tmp.path().join("out");
+    assert!(!out.join("h-20261203T120000Z-abc123-dump-failed").exists());
+    assert!(!out.join(name).exists(), "the refused download is deleted");
+    assert!(store.join(name).is_file(), "the store keeps its copy");
     Ferry::new()
         .arg("diagnose")
         .arg(store.join(name))
@@ -718,6 +756,33 @@ fn truncated_gzip_is_refused() {
         !tmp.path().join("out").join(name).exists(),
         "a bad download is not kept"
     );
+}
+
+/// Regression: `--extract` pointed at the dir store itself deleted the
+/// store's only copy of every bundle it refused (the download was the
+/// stored object); and two pulls into one directory clashed.
+#[test]
+fn pull_never_writes_over_a_file_it_finds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_dir(tmp.path(), "criu/pid-in-use.log");
+    let bad = "h-20261204T120000Z-bad999-dump-failed.tar.gz";
+    let store = store_with(tmp.path(), bad, |p| {
+        bundle_of(&run, p);
+        let bytes = std::fs::read(p).unwrap();
+        std::fs::write(p, &bytes[..bytes.len() / 2]).unwrap();
+    });
+    let stored = std::fs::read(store.join(bad)).unwrap();
+    Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(&store)
+        .arg("--extract")
+        .arg(&store)
+        .run()
+        .code(2)
+        .stderr_has("exists already")
+        .stderr_has("choose a new --extract directory");
+    assert_eq!(std::fs::read(store.join(bad)).unwrap(), stored);
 }
 
 /// A bad bundle among good ones: the good ones are still extracted, the

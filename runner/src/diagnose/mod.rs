@@ -773,10 +773,16 @@ pub fn open_bundle(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let dir = base.join(format!("ferry-bundle-{}-{nanos}", std::process::id()));
-    std::fs::create_dir(&dir).map_err(|error| DiagnoseError::Scratch {
-        path: base.clone(),
-        error,
-    })?;
+    // Only its owner may look in: the bundle may be root's alone, and the
+    // scratch copy sits in a shared /tmp while it is read.
+    let mut builder = std::fs::DirBuilder::new();
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(&dir)
+        .map_err(|error| DiagnoseError::Scratch {
+            path: base.clone(),
+            error,
+        })?;
     let opened = OpenedBundle {
         dir,
         manifest: reader.manifest().clone(),

@@ -330,17 +330,23 @@ impl BundleReader {
                 return Err(self.over_limit("total size in bytes", limits.max_total_bytes));
             }
         }
-        prepare_target(dir)?;
+        let created = prepare_target(dir)?;
         let mut summary = ExtractSummary::default();
         let mut count = 0u64;
-        visit(&self.path, true, |_, entry| {
+        let done = visit(&self.path, true, |_, entry| {
             count += 1;
             if count > limits.max_entries {
                 return Err(self.over_limit("number of entries", limits.max_entries));
             }
             self.extract_one(dir, entry, limits, &mut summary)?;
             Ok(Flow::Continue)
-        })?;
+        });
+        if let Err(e) = done {
+            // A bad entry deep in the archive is found only when reached:
+            // what came before it goes, so a refused bundle leaves nothing.
+            clear_target(dir, created);
+            return Err(e);
+        }
         Ok(summary)
     }
 
@@ -584,7 +590,8 @@ fn ensure_parents(dir: &Path, rel: &Path) -> std::result::Result<(), String> {
     Ok(())
 }
 
-fn prepare_target(dir: &Path) -> Result<()> {
+/// An empty directory to extract into; `true` when it was made here.
+fn prepare_target(dir: &Path) -> Result<bool> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.is_dir() => {
             let mut rd =
@@ -594,15 +601,32 @@ fn prepare_target(dir: &Path) -> Result<()> {
                     dir: dir.to_path_buf(),
                 });
             }
-            Ok(())
+            Ok(false)
         }
         Ok(_) => Err(BundleError::TargetNotEmpty {
             dir: dir.to_path_buf(),
         }),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(|e| BundleError::io("create directory", dir, e))
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir_all(dir)
+            .map(|()| true)
+            .map_err(|e| BundleError::io("create directory", dir, e)),
         Err(e) => Err(BundleError::io("inspect", dir, e)),
+    }
+}
+
+/// Takes back what a failed extraction wrote into `dir`, which was empty
+/// (or not there) before. Links are removed, never followed.
+fn clear_target(dir: &Path, created: bool) {
+    if created {
+        let _ = fs::remove_dir_all(dir);
+        return;
+    }
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for entry in rd.flatten() {
+        let path = entry.path();
+        let _ = match entry.file_type() {
+            Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+            _ => fs::remove_file(&path),
+        };
     }
 }
 
