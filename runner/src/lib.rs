@@ -19,6 +19,7 @@ pub mod journal;
 pub mod next_boot;
 pub mod notes;
 pub mod phases;
+pub mod printable;
 pub mod procfs;
 pub mod pull;
 pub mod rehearse;

@@ -900,7 +900,7 @@ fn report(outcome: &Outcome) -> ExitCode {
     }
     if let Some(d) = &outcome.diagnosis {
         for line in d.lines() {
-            eprintln!("ferry: {line}");
+            eprintln!("ferry: {}", ferry::printable::printable(&line));
         }
     }
     if outcome.result == "succeeded" {

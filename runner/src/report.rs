@@ -197,7 +197,7 @@ pub fn text(t: &Timeline, d: Option<&Diagnosis>) -> String {
         }
         None => {}
     }
-    out
+    crate::printable::printable(&out)
 }
 
 fn or_dash(s: &str) -> &str {

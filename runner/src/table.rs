@@ -1,14 +1,23 @@
 //! Aligned text tables for people (`ferry pull`, `ferry spool list`);
-//! scripts read the `--json` form of the same rows.
+//! scripts read the `--json` form of the same rows. Cells are printed on
+//! one line with control characters escaped.
 
 /// `header` and `rows` as lines of columns two spaces apart; the last
 /// column is not padded, so long keys do not push trailing blanks.
 pub fn render<S: AsRef<str>>(header: &[&str], rows: &[Vec<S>]) -> String {
     let cols = header.len();
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| crate::printable::one_line(c.as_ref()))
+                .collect()
+        })
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in rows {
+    for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.as_ref().chars().count());
+            *w = (*w).max(c.chars().count());
         }
     }
     let mut out = String::new();
@@ -23,8 +32,8 @@ pub fn render<S: AsRef<str>>(header: &[&str], rows: &[Vec<S>]) -> String {
         out.push('\n');
     };
     line(&mut header.iter().copied());
-    for r in rows {
-        line(&mut r.iter().map(AsRef::as_ref));
+    for r in &rows {
+        line(&mut r.iter().map(String::as_str));
     }
     out
 }

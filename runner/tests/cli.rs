@@ -161,6 +161,23 @@ fn diagnose_refuses_what_is_not_a_criu_log() {
         .stdout_has("without its status line");
 }
 
+/// Regression: terminal control sequences in a log line reached the
+/// terminal (a `\r\x1b[K` could hide the real error and print a fake one).
+#[test]
+fn diagnose_shows_control_characters_escaped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("restore.log");
+    std::fs::write(
+        &log,
+        "(00.000001) Version: 3.17.1 (gitid 0)\n(00.100000) Error (criu/cr-restore.c:1234): real error\r\x1b[Kfake line\x1b]0;PWNED\x07\n(00.200000) Error (criu/cr-restore.c:2345): Restoring FAILED.\n",
+    )
+    .unwrap();
+    let r = Ferry::new().arg("diagnose").arg(&log).run().code(1);
+    let out = r.stdout();
+    assert!(!out.contains('\x1b') && !out.contains('\r'), "{out:?}");
+    assert!(out.contains("real error\\r\\x1b[Kfake line"), "{out}");
+}
+
 #[test]
 fn diagnose_and_report_a_bundle() {
     let tmp = tempfile::tempdir().unwrap();

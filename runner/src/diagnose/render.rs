@@ -91,5 +91,5 @@ pub fn human(d: &Diagnosis) -> String {
             l.path, l.lines, l.errors, l.warnings
         );
     }
-    out
+    crate::printable::printable(&out)
 }
