@@ -136,6 +136,28 @@ fn diagnose_refuses_what_is_not_a_criu_log() {
         .run()
         .code(2)
         .stderr_has("does not look like a CRIU log");
+    // Regressions: /dev/zero was read forever; the report page (which
+    // quotes CRIU lines) was read as a log cut short, exit 1.
+    Ferry::new()
+        .arg("diagnose")
+        .arg("/dev/zero")
+        .run()
+        .code(2)
+        .stderr_has("/dev/zero is not a regular file");
+    let page = tmp
+        .path()
+        .join("h-20261203T120000Z-abc123-dump-failed.report.html");
+    std::fs::write(
+        &page,
+        "<!DOCTYPE html>\n<html><body><pre>(00.000001) Error (criu/cr-dump.c:1): x</pre></body></html>\n",
+    )
+    .unwrap();
+    Ferry::new()
+        .arg("diagnose")
+        .arg(&page)
+        .run()
+        .code(2)
+        .stderr_has("is a report page (HTML), not a log");
     // Inside a run directory an empty log is evidence: criu died at once.
     let run = tmp.path().join("run");
     std::fs::create_dir_all(run.join("logs")).unwrap();

@@ -51,6 +51,14 @@ pub enum DiagnoseError {
         "{path} does not look like a CRIU log: nothing in its first 64 KiB is in CRIU's format (timestamps, `Error (`, a status line); give criu's -o log (dump.log, restore.log), dmesg output named dmesg*, a bundle or a run directory"
     )]
     NotCriu { path: PathBuf },
+    #[error(
+        "{path} is a report page (HTML), not a log; give the bundle or run directory it was made from"
+    )]
+    ReportPage { path: PathBuf },
+    #[error(
+        "{path} is not a regular file; give criu's log file, dmesg output, a bundle or a run directory"
+    )]
+    NotAFile { path: PathBuf },
     #[error(transparent)]
     Bundle(#[from] ferry_uploaders::BundleError),
     #[error(
@@ -483,17 +491,44 @@ pub fn collect_inputs(paths: &[PathBuf]) -> Result<Vec<(PathBuf, Source)>, Diagn
     Ok(out)
 }
 
-/// Whether the start of `path` has a line only CRIU writes: a
-/// `(ss.uuuuuu)` timestamp, a `pie:` line, its version banner, or its name.
-fn looks_like_criu(path: &Path) -> bool {
+/// A log named on the command line is looked at before it is read whole:
+/// a device (`/dev/zero`) or gigabytes of something else would be read to
+/// the end only to be refused.
+fn check_named_log(path: &Path) -> Result<(), DiagnoseError> {
     use std::io::Read;
-    let mut head = Vec::new();
-    let read = File::open(path).and_then(|f| f.take(64 << 10).read_to_end(&mut head));
-    if read.is_err() {
-        // Unreadable now: the scan that just read it will have said so.
-        return true;
+    let Ok(md) = std::fs::metadata(path) else {
+        // Unreadable: the full read names the error.
+        return Ok(());
+    };
+    if !md.is_file() {
+        return Err(DiagnoseError::NotAFile { path: path.into() });
     }
-    String::from_utf8_lossy(&head).lines().any(|l| {
+    if md.len() == 0 {
+        return Err(DiagnoseError::Empty { path: path.into() });
+    }
+    let mut head = Vec::new();
+    if File::open(path)
+        .and_then(|f| f.take(64 << 10).read_to_end(&mut head))
+        .is_err()
+    {
+        return Ok(());
+    }
+    let start = String::from_utf8_lossy(&head[..head.len().min(512)]).to_ascii_lowercase();
+    let start = start.trim_start();
+    if start.starts_with("<!doctype html") || start.starts_with("<html") {
+        return Err(DiagnoseError::ReportPage { path: path.into() });
+    }
+    if !looks_like_criu(&head) {
+        return Err(DiagnoseError::NotCriu { path: path.into() });
+    }
+    Ok(())
+}
+
+/// Whether `head` has a line only CRIU writes: a `(ss.uuuuuu)` timestamp,
+/// a message with its C source place, a `pie:` line, its version banner,
+/// or its name.
+fn looks_like_criu(head: &[u8]) -> bool {
+    String::from_utf8_lossy(head).lines().any(|l| {
         let l = l.trim_start();
         let stamped = l
             .strip_prefix('(')
@@ -506,7 +541,12 @@ fn looks_like_criu(path: &Path) -> bool {
                         && b.bytes().all(|c| c.is_ascii_digit())
                 })
             });
+        // criu 1.x wrote `Error (sk-unix.c:1216): …` without timestamps.
+        let sourced = ["Error (", "Warn  (", "Warn (", "Info  ("]
+            .iter()
+            .any(|p| l.starts_with(p) && l.contains(".c:"));
         stamped
+            || sourced
             || l.starts_with("pie: ")
             || l.starts_with("Version: ")
             || l.to_ascii_lowercase().contains("criu")
@@ -594,22 +634,12 @@ pub fn diagnose_paths(paths: &[PathBuf], base: Option<&Path>) -> Result<Diagnosi
         let name = shown(path, base);
         match src {
             Source::Criu => {
-                let (log, stats) = read_criu(path, cat)?;
                 // A file named on the command line that shows nothing of
                 // CRIU is a wrong argument, not an interrupted dump.
-                let silent = log.errors == 0
-                    && log.warnings == 0
-                    && !log.succeeded
-                    && !log.failed
-                    && log.kinds.is_empty();
-                if silent && paths.iter().any(|p| p == path) {
-                    if stats.bytes == 0 {
-                        return Err(DiagnoseError::Empty { path: path.clone() });
-                    }
-                    if !looks_like_criu(path) {
-                        return Err(DiagnoseError::NotCriu { path: path.clone() });
-                    }
+                if paths.iter().any(|p| p == path) {
+                    check_named_log(path)?;
                 }
+                let (log, stats) = read_criu(path, cat)?;
                 let file_name = path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
