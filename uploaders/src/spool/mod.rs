@@ -37,7 +37,7 @@ mod writer;
 
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -213,6 +213,7 @@ impl Spool {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&probe)
             .map_err(|e| SpoolError::io("open", &probe, e))?;
         Ok(spool)

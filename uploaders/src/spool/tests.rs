@@ -92,6 +92,10 @@ fn an_entry_is_invisible_until_committed_and_private() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
+    // Regression: entry directories and tmp.lock followed the umask.
+    let mode_of = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode_of(&e.path), 0o700);
+    assert_eq!(mode_of(&f.spool.tmp_lock_path()), 0o600);
     assert!(names_in(&f.spool.tmp_dir()).is_empty());
     assert_eq!(c.entry.meta.id, e.meta.id);
 }

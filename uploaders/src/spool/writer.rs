@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
@@ -58,7 +58,10 @@ impl EntryWriter {
         let dir = spool.tmp_dir().join(&id);
         let lock = {
             let _born = TmpLock::take(&spool.tmp_lock_path(), false)?;
-            fs::create_dir(&dir).map_err(|e| SpoolError::io("create", &dir, e))?;
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| SpoolError::io("create", &dir, e))?;
             match EntryLock::try_take(&id, &dir)? {
                 Some(l) => l,
                 None => {
