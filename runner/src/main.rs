@@ -157,6 +157,7 @@ enum SpoolCommand {
     },
     /// Un-park an entry (or --all) after fixing a permanent failure, so the
     /// next `ferry ship` tries it again.
+    #[command(override_usage = "ferry spool retry <ID|--all>")]
     Retry {
         #[arg(required_unless_present = "all")]
         id: Option<String>,

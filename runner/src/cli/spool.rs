@@ -49,8 +49,6 @@ pub fn run(config: &Config, command: SpoolCommand) -> anyhow::Result<ExitCode> {
                 format!("; it never reached {}", d.never_shipped_to.join(", "))
             };
             tracing::warn!(
-                id = %d.id,
-                bytes = d.bytes,
                 "dropped {what} {} ({} bytes) from the spool {}{never}",
                 d.id,
                 d.bytes,

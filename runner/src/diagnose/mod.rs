@@ -613,7 +613,7 @@ fn finding(cat: &Catalog, k: Option<usize>, role: Role, log: &str, events: &[Eve
             evidence,
             cause: "Not in the catalog: read the relevant lines below (the first error is the best lead)."
                 .into(),
-            remedy: "If you find the cause, add a kind to runner/catalog/criu-failures.toml so the next run names it."
+            remedy: "Not in ferry's catalog: read the lines below with the catalog's guide to CRIU logs (docs/failure-catalog.md in ferry's source), and once the cause is known, report it to ferry's maintainers with this bundle so the next release names it (the catalog is runner/catalog/criu-failures.toml)."
                 .into(),
             sources: Vec::new(),
         },

@@ -23,6 +23,16 @@ pub enum SpoolError {
         root = root.display()
     )]
     Busy { root: PathBuf, holder: String },
+    /// Another process drained the spool for all of the time we waited.
+    #[error(
+        "spool {root} was still being drained by {holder} after {secs} s of waiting; run `ferry ship` again later, or with a longer --wait-secs",
+        root = root.display()
+    )]
+    StillBusy {
+        root: PathBuf,
+        holder: String,
+        secs: u64,
+    },
     /// No entry with that id.
     #[error(
         "spool {root} has no entry {id:?}; `ferry spool list` shows the ids",

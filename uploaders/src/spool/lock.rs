@@ -88,9 +88,10 @@ pub(crate) fn drain_lock(
                 break;
             }
             if Instant::now() >= deadline {
-                return Err(SpoolError::Busy {
+                return Err(SpoolError::StillBusy {
                     root: root.to_path_buf(),
                     holder: holder_of(&mut file),
+                    secs: budget.as_secs(),
                 });
             }
         }

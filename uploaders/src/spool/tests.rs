@@ -552,7 +552,11 @@ fn a_second_drain_lock_says_who_holds_it() {
             told = h.to_string()
         })
         .unwrap_err();
-    assert!(matches!(e, SpoolError::Busy { .. }));
+    // Regression: a wait that ran out advised dropping --no-wait, which
+    // was never given.
+    assert!(matches!(e, SpoolError::StillBusy { .. }), "{e}");
+    assert!(e.to_string().contains("longer --wait-secs"), "{e}");
+    assert!(!e.to_string().contains("--no-wait"), "{e}");
     assert_eq!(told, "pid 42 (ferry ship)");
     drop(_held);
     f.spool.lock_drain("me", Wait::No, &mut |_| {}).unwrap();
