@@ -211,9 +211,9 @@ struct PullArgs {
     /// Only bundles modified since: 30m, 12h, 7d, 2026-01-31, 2026-01-31T12:00:00Z.
     #[arg(long, value_name = "WHEN")]
     since: Option<String>,
-    /// Only the N newest.
-    #[arg(long, value_name = "N")]
-    newest: Option<usize>,
+    /// Only the N newest (1 or more).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    newest: Option<u64>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -614,7 +614,9 @@ fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<
         host: args.host,
         result: args.result,
         since,
-        newest: args.newest,
+        newest: args
+            .newest
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
     };
     let listed = pull::list(backend.as_ref(), &filter)?;
     let mut out = std::io::stdout().lock();
@@ -670,7 +672,7 @@ fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<
     if failed > 0 {
         let total = listed.len();
         if failed == total {
-            anyhow::bail!("no bundle could be pulled ({failed} refused, each named above)");
+            anyhow::bail!("no bundle could be pulled ({failed} failed, each named above)");
         }
         anyhow::bail!(
             "{failed} of {total} bundles could not be pulled (each named above); the other {} are in {}",

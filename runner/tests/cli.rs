@@ -378,6 +378,16 @@ fn pull_lists_filters_verifies_and_extracts() {
         .run()
         .code(2)
         .stderr_has("--since");
+    // Regression: --newest 0 listed nothing and said no bundle matched.
+    Ferry::new()
+        .arg("pull")
+        .arg("--dir")
+        .arg(&store)
+        .arg("--newest")
+        .arg("0")
+        .run()
+        .code(2)
+        .stderr_has("--newest");
     // Regressions: a mistyped store, an unknown result and a --dir with
     // another backend configured each looked like an empty store (exit 0).
     Ferry::new()
