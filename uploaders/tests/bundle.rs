@@ -538,6 +538,31 @@ fn a_newer_manifest_format_is_refused() {
     assert!(e.to_string().contains("newer ferry"), "{e}");
 }
 
+/// Regression: `format: 0`, which ferry never wrote, was read as ours;
+/// and a hand-made manifest was told to "rebuild with this ferry version".
+#[test]
+fn a_manifest_of_format_0_is_refused() {
+    let t = tmp();
+    let good = sample_bundle(t.path(), 1);
+    let mut manifest =
+        serde_json::to_value(BundleReader::open(&good).expect("open").manifest()).expect("json");
+    manifest["format"] = json!(0);
+    manifest["files"] = json!([]);
+    let p = t.path().join("zero.tar.gz");
+    let bytes = serde_json::to_vec(&manifest).expect("json");
+    craft(
+        &p,
+        &[(b"manifest.json", tar::EntryType::Regular, &bytes, b"")],
+    );
+    let e = BundleReader::open(&p).expect_err("refused");
+    assert!(matches!(e, BundleError::BadManifest { .. }), "{e}");
+    assert!(e.to_string().contains("`format` is 0"), "{e}");
+    assert!(
+        e.to_string().contains("docs/bundles.md lists every field"),
+        "{e}"
+    );
+}
+
 #[test]
 fn extraction_writes_the_files() {
     let t = tmp();

@@ -122,8 +122,9 @@ pub enum BundleError {
 
     /// `manifest.json` is present but not a manifest ferry understands.
     #[error(
-        "bundle {path}: manifest.json is not a ferry manifest: {source}; rebuild the bundle \
-         with this ferry version or read it with the version that wrote it",
+        "bundle {path}: manifest.json is not one ferry wrote: {source}; a bundle made by ferry \
+         and left as it was always reads: if this one was made or edited by hand, \
+         docs/bundles.md lists every field a manifest needs",
         path = path.display()
     )]
     BadManifest {

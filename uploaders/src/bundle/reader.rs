@@ -208,6 +208,13 @@ impl BundleReader {
                 path: path.clone(),
                 source,
             })?;
+        // Formats start at 1: a 0 was never written by ferry.
+        if manifest.format == 0 {
+            return Err(BundleError::BadManifest {
+                path,
+                source: serde::de::Error::custom("`format` is 0; ferry's formats start at 1"),
+            });
+        }
         Ok(BundleReader {
             path,
             manifest,
