@@ -470,11 +470,25 @@ fn diagnose_cmd(inputs: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
             paths.push(input.clone());
         }
     }
-    let base = match (inputs.len(), opened.first()) {
-        (1, Some(b)) => Some(b.dir.clone()),
-        _ => None,
+    // A log in a bundle's scratch copy is named by the bundle: the copy is
+    // gone when this returns, and with several inputs it tells them apart.
+    let single = inputs.len() == 1;
+    let show = |p: &std::path::Path| {
+        for (b, input) in opened
+            .iter()
+            .zip(inputs.iter().filter(|i| diagnose::is_bundle(i)))
+        {
+            if let Ok(rel) = p.strip_prefix(&b.dir) {
+                return if single {
+                    rel.display().to_string()
+                } else {
+                    format!("{}/{}", input.display(), rel.display())
+                };
+            }
+        }
+        p.display().to_string()
     };
-    let d = diagnose::diagnose_paths(&paths, base.as_deref())?;
+    let d = diagnose::diagnose_paths_shown(&paths, &show)?;
     let mut out = std::io::stdout().lock();
     if json {
         serde_json::to_writer_pretty(&mut out, &d).context("cannot write to stdout")?;

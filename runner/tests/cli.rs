@@ -217,6 +217,18 @@ fn diagnose_and_report_a_bundle() {
         .stdout_has("root cause: tty-index-busy")
         .stdout_has("logs/restore.log:")
         .stdout_has("dmesg-segfault");
+    // Regression: with several inputs a bundle's logs were named by their
+    // scratch copy in /tmp, deleted by then.
+    let plain = tmp.path().join("dump.log");
+    std::fs::write(&plain, DUMP).unwrap();
+    Ferry::new()
+        .arg("diagnose")
+        .arg(&b)
+        .arg(&plain)
+        .run()
+        .code(1)
+        .stdout_has(&format!("{}/logs/restore.log:", b.display()))
+        .stdout_lacks("ferry-bundle-");
     let html = tmp.path().join("report.html");
     Ferry::new()
         .arg("report")

@@ -623,6 +623,15 @@ fn finding(cat: &Catalog, k: Option<usize>, role: Role, log: &str, events: &[Eve
 /// Diagnoses the given files and directories; paths in the report are shown
 /// relative to `base` when given.
 pub fn diagnose_paths(paths: &[PathBuf], base: Option<&Path>) -> Result<Diagnosis, DiagnoseError> {
+    diagnose_paths_shown(paths, &|p| shown(p, base))
+}
+
+/// [`diagnose_paths`] with the report's names of paths chosen by `show`
+/// (a bundle's scratch copy shown as the bundle it came from).
+pub fn diagnose_paths_shown(
+    paths: &[PathBuf],
+    show: &dyn Fn(&Path) -> String,
+) -> Result<Diagnosis, DiagnoseError> {
     let cat = Catalog::builtin();
     let inputs = collect_inputs(paths)?;
     let mut logs = Vec::new();
@@ -631,7 +640,7 @@ pub fn diagnose_paths(paths: &[PathBuf], base: Option<&Path>) -> Result<Diagnosi
     let mut findings: Vec<Finding> = Vec::new();
     let mut incomplete = false;
     for (path, src) in &inputs {
-        let name = shown(path, base);
+        let name = show(path);
         match src {
             Source::Criu => {
                 // A file named on the command line that shows nothing of
