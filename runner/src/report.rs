@@ -34,6 +34,9 @@ pub struct Timeline {
     pub kernel_after: String,
     pub boots: Vec<String>,
     pub bars: Vec<Bar>,
+    /// Phases whose times could not be read, and why: shown, not dropped
+    /// without a word.
+    pub unreadable: Vec<String>,
 }
 
 fn s(v: &Value, k: &str) -> String {
@@ -71,11 +74,31 @@ impl Timeline {
                     t.boots.len() - 1
                 }
             };
+            let name = s(p, "name");
             let Some(start_ns) = p.get("start_unix_nano").and_then(Value::as_u64) else {
+                t.unreadable.push(format!(
+                    "phase {:?}: start_unix_nano is {} (not a whole number of nanoseconds); left out of the timeline",
+                    name,
+                    p.get("start_unix_nano").map_or("missing".into(), Value::to_string)
+                ));
                 continue;
             };
+            let mut end_ns = p.get("end_unix_nano").and_then(Value::as_u64);
+            if let Some(e) = p.get("end_unix_nano").filter(|e| !e.is_null())
+                && end_ns.is_none()
+            {
+                t.unreadable.push(format!(
+                    "phase {name:?}: end_unix_nano is {e} (not a whole number of nanoseconds); shown as open"
+                ));
+            }
+            if end_ns.is_some_and(|e| e < start_ns) {
+                t.unreadable.push(format!(
+                    "phase {name:?} ends before it starts (clock stepped?); shown as open"
+                ));
+                end_ns = None;
+            }
             t.bars.push(Bar {
-                name: s(p, "name"),
+                name,
                 result: p
                     .get("result")
                     .and_then(Value::as_str)
@@ -83,7 +106,7 @@ impl Timeline {
                     .to_string(),
                 boot,
                 start_ns,
-                end_ns: p.get("end_unix_nano").and_then(Value::as_u64),
+                end_ns,
                 error: p.get("error").and_then(Value::as_str).map(str::to_string),
             });
         }
@@ -185,6 +208,9 @@ pub fn text(t: &Timeline, d: Option<&Diagnosis>) -> String {
         }
     }
     let _ = writeln!(out, "total {:.1} s", secs(t.end_ns().saturating_sub(t0)));
+    for u in &t.unreadable {
+        let _ = writeln!(out, "warning: {u}");
+    }
     match d {
         Some(d) if d.verdict != Verdict::NoFailure => {
             let _ = writeln!(out, "diagnosis: {}", d.headline());
@@ -378,6 +404,33 @@ mod tests {
             "{txt}"
         );
         assert!(txt.contains("(open)"), "{txt}");
+    }
+
+    /// Regression: a phase with a negative, float or string start was
+    /// dropped without a word (the report said "total 0.0 s", exit 0),
+    /// and one ending before its start showed 0.000 s.
+    #[test]
+    fn unreadable_times_are_named_not_dropped() {
+        let t = Timeline::from_json(&serde_json::json!({
+            "run_id": "r1",
+            "phases": [
+                {"name": "locate", "result": "ok", "boot_id": "a", "start_unix_nano": -5},
+                {"name": "dump", "result": "ok", "boot_id": "a", "start_unix_nano": "NaN"},
+                {"name": "upgrade", "result": "ok", "boot_id": "a", "start_unix_nano": 9_000u64, "end_unix_nano": 1e30},
+                {"name": "kernel", "result": "ok", "boot_id": "a", "start_unix_nano": 9_000u64, "end_unix_nano": 5_000u64}
+            ]
+        }));
+        assert_eq!(t.bars.len(), 2);
+        assert!(t.bars.iter().all(|b| b.end_ns.is_none()));
+        let txt = text(&t, None);
+        for want in [
+            "warning: phase \"locate\": start_unix_nano is -5",
+            "warning: phase \"dump\": start_unix_nano is \"NaN\"",
+            "warning: phase \"upgrade\": end_unix_nano is 1e+30",
+            "warning: phase \"kernel\" ends before it starts",
+        ] {
+            assert!(txt.contains(want), "{want} not in {txt}");
+        }
     }
 
     #[test]
