@@ -167,7 +167,11 @@ fn diagnose_refuses_what_is_not_a_criu_log() {
         .arg(&run)
         .run()
         .code(1)
-        .stdout_has("is empty: criu died before writing its first line");
+        .stdout_has("is empty: criu died before writing its first line")
+        // Regression: the headline said only "a log ends without its
+        // status line"; the real finding was under "logs read:".
+        .stdout_has("criu died before writing the first line of ")
+        .stdout_has("logs/dump.log (it is empty): read dmesg");
     // A real log cut before its status line is still a finding, exit 1.
     let cut = tmp.path().join("restore.log");
     std::fs::write(

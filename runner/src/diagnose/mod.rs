@@ -183,7 +183,19 @@ impl Diagnosis {
             (Verdict::Diagnosed | Verdict::Unknown, Some(r)) => {
                 format!("{} at {}:{} ({})", r.kind, r.log, r.line, r.title)
             }
-            (Verdict::Incomplete, _) => "a CRIU log ends without a status line".into(),
+            (Verdict::Incomplete, _) => {
+                let empty = self
+                    .logs
+                    .iter()
+                    .find(|l| l.source != Source::Dmesg && l.bytes == 0);
+                match empty {
+                    Some(l) => format!(
+                        "criu died before writing the first line of {} (it is empty): read dmesg and the journal",
+                        l.path
+                    ),
+                    None => "no failure found, but a CRIU log ends without its status line (criu was killed, or the log was cut)".into(),
+                }
+            }
             _ => "no CRIU log shows a failure".into(),
         }
     }

@@ -47,10 +47,7 @@ pub fn human(d: &Diagnosis) -> String {
             }
         }
         (Verdict::Incomplete, _) => {
-            let _ = writeln!(
-                out,
-                "no failure found, but a CRIU log ends without its status line (criu was killed, or the log was cut)."
-            );
+            let _ = writeln!(out, "{}.", d.headline());
         }
         _ => {
             let _ = writeln!(out, "no CRIU log shows a failure.");
