@@ -5,7 +5,9 @@
 //! it, renames it into place without replacing anything
 //! (`renameat2(RENAME_NOREPLACE)`, falling back to `link` + `unlink` on
 //! filesystems without it) and fsyncs the directory, so a crash leaves
-//! either the whole object or nothing (plus at most a `.ferry-tmp-*` file).
+//! either the whole object or nothing (plus at most a `.ferry-tmp-*` file,
+//! which a later put into the same directory removes once its writer is
+//! gone and it is a day old).
 
 use std::ffi::CString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -248,6 +250,7 @@ impl Backend for DirBackend {
         }
         crate::failpoint::hit("dir.put.renamed");
         self.fsync_dir(&parent)?;
+        sweep_stale_tmp(&parent, std::time::SystemTime::now());
         Ok(self.receipt(key, &dest, size, sha))
     }
 
@@ -363,6 +366,46 @@ impl Backend for DirBackend {
                 format!("no object under key {key:?} in {}", self.root.display()),
                 "put it first, or list the keys with `list`",
             )),
+        }
+    }
+}
+
+/// A temporary file is stale once its writer is gone (killed mid-copy)
+/// and it has not changed for this long: the age keeps a copy in progress
+/// on another host sharing the store (its pid means nothing here) safe.
+const STALE_TMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes the `.ferry-tmp-<pid>-…` files in `dir` that a killed put left
+/// behind (a crash leaves at most one per put; without this they stayed
+/// for good). Best effort: a file it cannot judge or remove stays.
+fn sweep_stale_tmp(dir: &Path, now: std::time::SystemTime) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(TMP_PREFIX))
+            .and_then(|rest| rest.strip_prefix('-'))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+            .filter(|p| *p > 0)
+        else {
+            continue;
+        };
+        let old = entry
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= STALE_TMP_AGE);
+        // SAFETY: kill with signal 0 only asks whether the pid exists.
+        let gone = unsafe { libc::kill(pid, 0) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if old && gone {
+            let _ = fs::remove_file(entry.path());
         }
     }
 }
@@ -550,6 +593,39 @@ mod tests {
                 .collect();
             assert!(names.is_empty(), "temp files left: {names:?}");
         }
+    }
+
+    /// Regression: a put killed mid-copy left its temporary file for good.
+    #[test]
+    fn stale_temp_files_of_dead_writers_are_swept() {
+        let (t, b) = setup();
+        // A pid that cannot exist (above the kernel's pid_max limit).
+        let dead = b.root().join(".ferry-tmp-2147483000-0-0000abcd");
+        let alive = b
+            .root()
+            .join(format!(".ferry-tmp-{}-0-0000abcd", std::process::id()));
+        let young = b.root().join(".ferry-tmp-2147483001-0-0000abcd");
+        for p in [&dead, &alive, &young] {
+            write(p, b"partial");
+        }
+        let day_ago = std::time::SystemTime::now() - STALE_TMP_AGE;
+        for p in [&dead, &alive] {
+            fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(day_ago)
+                .unwrap();
+        }
+        let src = t.path().join("b");
+        write(&src, b"x");
+        b.put("a", &src).expect("put");
+        assert!(!dead.exists(), "an old file of a dead writer goes");
+        assert!(alive.exists(), "a live writer's file stays");
+        assert!(
+            young.exists(),
+            "a recent file stays (a writer on another host)"
+        );
     }
 
     #[test]
