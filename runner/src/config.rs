@@ -580,11 +580,17 @@ fn parse_env_value(raw: &str, default: Option<&toml::Value>) -> Result<toml::Val
             "0" | "false" | "no" | "off" => Ok(toml::Value::Boolean(false)),
             _ => Err("expected true or false".into()),
         },
-        Some(toml::Value::Integer(_)) => raw
-            .trim()
-            .parse::<i64>()
-            .map(toml::Value::Integer)
-            .map_err(|_| "expected a whole number".into()),
+        Some(toml::Value::Integer(_)) => {
+            let t = raw.trim();
+            t.parse::<i64>().map(toml::Value::Integer).map_err(|_| {
+                let digits = t.strip_prefix('-').unwrap_or(t);
+                if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                    format!("a whole number, but too large (at most {})", i64::MAX)
+                } else {
+                    "expected a whole number".into()
+                }
+            })
+        }
         _ => Ok(toml::Value::String(raw.to_string())),
     }
 }
@@ -819,6 +825,13 @@ mod tests {
             ("FERRY_SPOOL_CONCURRENCY", "0", "spool.concurrency"),
             ("FERRY_SPOOL_MAX_MIB", "0", "spool.max_mib"),
             ("FERRY_SHIP_BACKENDS", "dir,dir", "twice"),
+            // Regression: a number too large read "expected a whole number".
+            (
+                "FERRY_SHIP_MAX_FILE_MIB",
+                "18446744073709551615",
+                "a whole number, but too large (at most 9223372036854775807)",
+            ),
+            ("FERRY_SHIP_MAX_FILE_MIB", "12x", "expected a whole number"),
         ] {
             let msg = Config::load(None, &env_of(&[(var, value)]))
                 .unwrap_err()

@@ -518,11 +518,20 @@ fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow
     } else {
         None
     };
+    if opened.is_none() && !input.is_dir() {
+        anyhow::bail!(
+            "{} is neither a bundle (.tar.gz) nor a run directory; for a log file use `ferry diagnose`",
+            input.display()
+        );
+    }
     let dir = opened.as_ref().map_or(input, |b| b.dir.as_path());
     let state_path = dir.join("state.json");
     let state: serde_json::Value = match std::fs::read(&state_path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .with_context(|| format!("{} is not JSON", state_path.display()))?,
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound && opened.is_none() => {
+            anyhow::bail!("cannot read {}: {e}", state_path.display())
+        }
         Err(_) => match &opened {
             Some(b) => b.manifest.run.clone(),
             None => anyhow::bail!(

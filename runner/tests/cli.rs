@@ -279,6 +279,25 @@ fn diagnose_and_report_a_bundle() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write to stdout"));
+    // Regressions: a log file given to report was said to have no
+    // state.json; a state.json that is a directory was said to be absent.
+    let log = tmp.path().join("notes.log");
+    std::fs::write(&log, "x\n").unwrap();
+    Ferry::new()
+        .arg("report")
+        .arg(&log)
+        .run()
+        .code(2)
+        .stderr_has("is neither a bundle (.tar.gz) nor a run directory; for a log file use `ferry diagnose`");
+    let odd = tmp.path().join("odd-run");
+    std::fs::create_dir_all(odd.join("state.json")).unwrap();
+    Ferry::new()
+        .arg("report")
+        .arg(&odd)
+        .run()
+        .code(2)
+        .stderr_has("cannot read")
+        .stderr_has("state.json");
     // Regression: an unwritable --html printed the whole timeline first.
     let r = Ferry::new()
         .arg("report")
