@@ -318,16 +318,22 @@ fn redacted(text: &str) -> String {
     ferry_uploaders::bundle::redact_text(&secrets, &text).unwrap_or(text)
 }
 
-/// The error and its causes on one line, each cause once: most of ferry's
-/// errors already quote their cause (`cannot read X: No such file…`), and
-/// `{:#}` would print it again.
+/// The reader of stdout went away: an io error in the chain, or one that
+/// serde_json wraps (its `source` skips the io error itself).
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    let pipe = Some(std::io::ErrorKind::BrokenPipe);
     e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        c.downcast_ref::<std::io::Error>().map(std::io::Error::kind) == pipe
+            || c.downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+                == pipe
     })
 }
 
+/// The error and its causes on one line, each cause once: most of ferry's
+/// errors already quote their cause (`cannot read X: No such file…`), and
+/// `{:#}` would print it again. Control characters (from a key, a path, a
+/// server's reply) are shown escaped.
 fn error_text(e: &anyhow::Error) -> String {
     let mut text = e.to_string();
     for cause in e.chain().skip(1) {
@@ -337,7 +343,7 @@ fn error_text(e: &anyhow::Error) -> String {
             text.push_str(&c);
         }
     }
-    text
+    ferry::printable::printable(&text)
 }
 
 fn run(cli: Cli, telemetry: &telemetry::Telemetry) -> anyhow::Result<ExitCode> {
@@ -677,9 +683,9 @@ fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<
             writeln!(
                 out,
                 "{}: {} files verified, extracted to {}",
-                p.key,
+                ferry::printable::one_line(&p.key),
                 p.files_verified,
-                p.extracted_to.display()
+                ferry::printable::one_line(&p.extracted_to.display().to_string())
             )
             .context("cannot write to stdout")?;
         }
@@ -778,7 +784,10 @@ fn ship_cmd(
         for d in e.parked.iter().chain(newly) {
             eprintln!(
                 "ferry: {} ({}) is parked for {d} by a permanent failure (`ferry spool show {}`); fix it, then `ferry spool retry {}`",
-                e.id, e.key, e.id, e.id
+                e.id,
+                ferry::printable::one_line(&e.key),
+                e.id,
+                e.id
             );
         }
     }

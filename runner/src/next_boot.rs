@@ -6,10 +6,11 @@
 
 use std::path::Path;
 
-/// Where unit files and their `.wants` links live, most binding first.
+/// Where unit files and their `.wants` links live, most binding first;
+/// not /run: what is there (`systemctl mask --runtime`) is gone at the
+/// reboot this is about.
 const UNIT_DIRS: &[&str] = &[
     "etc/systemd/system",
-    "run/systemd/system",
     "usr/lib/systemd/system",
     "lib/systemd/system",
 ];
@@ -160,6 +161,20 @@ mod tests {
         std::fs::remove_dir(root.path().join("tmp")).unwrap();
         symlink("var/tmp", root.path().join("tmp")).unwrap();
         assert_eq!(tmp_becomes_tmpfs(root.path()), None, "symlinked /tmp");
+    }
+
+    /// Regression (review): a runtime mask in /run was taken for one that
+    /// lasts, and the files were lost at the reboot.
+    #[test]
+    fn a_runtime_mask_does_not_outlive_the_reboot() {
+        let root = trixie();
+        std::fs::create_dir_all(root.path().join("run/systemd/system")).unwrap();
+        symlink(
+            "/dev/null",
+            root.path().join("run/systemd/system/tmp.mount"),
+        )
+        .unwrap();
+        assert!(tmp_becomes_tmpfs(root.path()).is_some());
     }
 
     #[test]

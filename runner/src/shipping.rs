@@ -68,7 +68,7 @@ impl SpoolTally {
     pub fn from_report(report: &DrainReport) -> Self {
         let mut t = SpoolTally {
             waiting: ferry_uploaders::spool::Waiting {
-                bundles: report.depth - report.pages_waiting,
+                bundles: report.depth.saturating_sub(report.pages_waiting),
                 pages: report.pages_waiting,
             },
             quarantined: report.quarantined.len() as u64,

@@ -195,6 +195,11 @@ pub struct Handoff {
     /// just before the freeze (`locate`'s list is from before the upgrade).
     #[serde(default)]
     pub volatile_at_dump: Option<Vec<crate::session::UsedFile>>,
+    /// `dump` found that the next boot mounts a tmpfs on the on-disk
+    /// `/tmp` ([`crate::next_boot`]): what the session has there is saved
+    /// as if it were on tmpfs already.
+    #[serde(default)]
+    pub tmp_hidden_at_next_boot: bool,
     /// How the session's terminals were restored.
     #[serde(default)]
     pub pty: Option<crate::phases::restore::PtyRecord>,

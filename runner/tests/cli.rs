@@ -204,6 +204,28 @@ fn diagnose_shows_control_characters_escaped() {
     assert!(out.contains("real error\\r\\x1b[Kfake line"), "{out}");
 }
 
+/// `ferry … --json | head`: the reader is gone before ferry writes. It
+/// ends as a program killed by SIGPIPE would (141), without an error line
+/// (review: serde_json hid the broken pipe, it printed an error, exit 2).
+#[test]
+fn a_reader_that_went_away_ends_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("dump.log");
+    std::fs::write(&log, DUMP).unwrap();
+    for json in [true, false] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"));
+        cmd.arg("diagnose");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.arg(&log).stdout(writer).output().unwrap();
+        assert_eq!(out.status.code(), Some(141), "json {json}: {out:?}");
+        assert!(out.stderr.is_empty(), "json {json}: {out:?}");
+    }
+}
+
 #[test]
 fn diagnose_and_report_a_bundle() {
     let tmp = tempfile::tempdir().unwrap();

@@ -250,7 +250,7 @@ fn show(spool: &Spool, id: &str, json: bool, out: &mut impl Write) -> anyhow::Re
         return Ok(());
     }
     writeln!(out, "{}: {}", e.meta.id, e.state())?;
-    writeln!(out, "  key: {}", e.meta.key)?;
+    writeln!(out, "  key: {}", ferry::printable::one_line(&e.meta.key))?;
     if e.meta.expendable {
         writeln!(
             out,

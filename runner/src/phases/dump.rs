@@ -77,6 +77,7 @@ pub fn run(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
     }
     volatile_fits(&plan.volatile, ctx.config.criu.tmpfs_copy_max_mib)?;
     ctx.state.handoff.volatile_at_dump = Some(plan.volatile.clone());
+    ctx.state.handoff.tmp_hidden_at_next_boot = plan.tmp_hidden.is_some();
     ctx.state.handoff.exec_fixes = plan.exec_fixes.clone();
     ctx.state.handoff.journal = plan.journal.clone();
     ctx.state.handoff.ctty_fixes = plan.ctty_fixes.clone();
@@ -105,22 +106,28 @@ fn volatile_fits(files: &[crate::session::UsedFile], cap_mib: u64) -> Result<(),
         return Ok(());
     };
     let mib = f.size.div_ceil(MIB);
-    let what = if f.hidden_at_next_boot {
-        format!(
-            "{} is in /tmp, which the next boot mounts a tmpfs on, and is {mib} MiB",
-            f.path
+    let (what, fix) = if f.hidden_at_next_boot {
+        (
+            format!(
+                "{} is in /tmp, which the next boot mounts a tmpfs on, and is {mib} MiB",
+                f.path
+            ),
+            "raise criu.tmpfs_copy_max_mib, keep the on-disk /tmp (`systemctl mask tmp.mount`), or move the file out of /tmp",
         )
     } else {
-        format!(
-            "{} on {} has grown to {mib} MiB since the session was assessed",
-            f.path,
-            f.fs_type.as_deref().unwrap_or("tmpfs"),
+        (
+            format!(
+                "{} on {} has grown to {mib} MiB since the session was assessed",
+                f.path,
+                f.fs_type.as_deref().unwrap_or("tmpfs"),
+            ),
+            "raise criu.tmpfs_copy_max_mib or move the file to a disk",
         )
     };
     Err(PhaseError::new(
         "tmpfs_file_too_big",
         format!(
-            "{what}, above criu.tmpfs_copy_max_mib = {cap_mib}: it could not be saved across the reboot; nothing was frozen. Fix: raise criu.tmpfs_copy_max_mib or move the file to a disk, then run the trip again"
+            "{what}, above criu.tmpfs_copy_max_mib = {cap_mib}: it could not be saved across the reboot; nothing was frozen. Fix: {fix}, then run the trip again"
         ),
     ))
 }

@@ -88,6 +88,8 @@ pub struct DumpPlan {
     pub notes: Vec<Note>,
     /// The files on volatile filesystems as read now.
     pub volatile: Vec<UsedFile>,
+    /// Why the next boot mounts a tmpfs on the on-disk `/tmp`, if it does.
+    pub tmp_hidden: Option<String>,
 }
 
 /// Read the session's files again and plan the dump. An error means the
@@ -115,9 +117,15 @@ pub fn plan(
     plan.ctty_fixes = fixes;
     let mut now = now;
     let hides = crate::next_boot::tmp_becomes_tmpfs(std::path::Path::new("/"));
+    let sockets: Vec<String> = session
+        .unix_sockets
+        .iter()
+        .filter_map(|u| u.path.clone())
+        .collect();
     plan.notes
-        .extend(mark_hidden_tmp(&mut now, hides.as_deref(), phase));
+        .extend(mark_hidden_tmp(&mut now, &sockets, hides.as_deref(), phase));
     plan.volatile = now.into_iter().filter(UsedFile::is_volatile).collect();
+    plan.tmp_hidden = hides;
     Ok(plan)
 }
 
@@ -125,7 +133,12 @@ pub fn plan(
 /// [`crate::next_boot`]), the session's files in the on-disk `/tmp` are
 /// as good as gone: marked to be saved after the dump and put back before
 /// the restore, like its tmpfs files.
-pub fn mark_hidden_tmp(files: &mut [UsedFile], why: Option<&str>, phase: &str) -> Option<Note> {
+pub fn mark_hidden_tmp(
+    files: &mut [UsedFile],
+    socket_paths: &[String],
+    why: Option<&str>,
+    phase: &str,
+) -> Option<Note> {
     let why = why?;
     let mut marked = Vec::new();
     for f in files.iter_mut() {
@@ -141,6 +154,18 @@ pub fn mark_hidden_tmp(files: &mut [UsedFile], why: Option<&str>, phase: &str) -
             }
         }
     }
+    // Sockets the session bound in a directory under /tmp: criu binds them
+    // again, into a directory `prepare-restore` saves to be re-created.
+    marked.extend(
+        socket_paths
+            .iter()
+            .filter(|p| {
+                std::path::Path::new(p)
+                    .parent()
+                    .is_some_and(|d| d != std::path::Path::new("/tmp") && d.starts_with("/tmp"))
+            })
+            .map(|p| format!("socket {p}")),
+    );
     if marked.is_empty() {
         return None;
     }
@@ -401,10 +426,16 @@ mod tests {
             on("/var/tmp/keep", FileType::File, "ext4", false),
             on("/run/x", FileType::File, "tmpfs", false),
         ];
-        assert_eq!(mark_hidden_tmp(&mut files, None, "dump"), None);
+        let sockets = [
+            "/tmp/tmux-1000/default".to_string(),
+            "/tmp/top.sock".to_string(),
+            "/run/user/1000/bus".to_string(),
+        ];
+        assert_eq!(mark_hidden_tmp(&mut files, &sockets, None, "dump"), None);
         assert!(files.iter().all(|f| !f.hidden_at_next_boot));
         let note = mark_hidden_tmp(
             &mut files,
+            &sockets,
             Some("systemd's tmp.mount (…) mounts a tmpfs on /tmp at the next boot"),
             "dump",
         )
@@ -424,8 +455,9 @@ mod tests {
         assert_eq!(note.kind, "tmp-becomes-tmpfs");
         assert_eq!(note.level, Level::Handled);
         assert!(
-            note.message
-                .contains("(/tmp/job/build.log, /tmp/job, /tmp/job/fifo)"),
+            note.message.contains(
+                "(/tmp/job/build.log, /tmp/job, /tmp/job/fifo, socket /tmp/tmux-1000/default)"
+            ),
             "{}",
             note.message
         );

@@ -87,12 +87,11 @@ fn save_volatile(ctx: &mut Ctx<'_>) -> Result<(), PhaseError> {
     if let Some(files) = &ctx.state.handoff.volatile_at_dump {
         session.files = files.clone();
     }
-    let saved = crate::volatile::save(
-        &session,
-        &ctx.run.root.join("volatile"),
-        &crate::volatile::host_fs_of,
-    )
-    .map_err(|e| PhaseError::new("volatile_save", e.to_string()))?;
+    let tmp_hidden = ctx.state.handoff.tmp_hidden_at_next_boot;
+    let fs_of =
+        |p: &Path| crate::volatile::fs_after_reboot(p, tmp_hidden, &crate::volatile::host_fs_of);
+    let saved = crate::volatile::save(&session, &ctx.run.root.join("volatile"), &fs_of)
+        .map_err(|e| PhaseError::new("volatile_save", e.to_string()))?;
     if !saved.is_empty() {
         tracing::info!(
             paths = saved.len(),

@@ -41,7 +41,7 @@ pub struct DrainLock {
 pub enum Wait {
     /// Fail at once with [`SpoolError::Busy`].
     No,
-    /// Wait at most this long, then [`SpoolError::Busy`].
+    /// Wait at most this long, then [`SpoolError::StillBusy`].
     Up(Duration),
 }
 
