@@ -525,8 +525,13 @@ fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow
         None
     };
     if opened.is_none() && !input.is_dir() {
+        let hint = if input.extension().is_some_and(|e| e == "log") {
+            "; for a log file use `ferry diagnose`"
+        } else {
+            ""
+        };
         anyhow::bail!(
-            "{} is neither a bundle (.tar.gz) nor a run directory; for a log file use `ferry diagnose`",
+            "{} is neither a bundle (.tar.gz) nor a run directory{hint}",
             input.display()
         );
     }
@@ -562,14 +567,18 @@ fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow
     // before a timeline is printed as if all went well.
     if let Some(path) = html {
         refuse_html_over_input(path, input)?;
-        std::fs::write(path, ferry::report::html(&timeline, diagnosis.as_ref())).with_context(
-            || {
-                format!(
-                    "cannot write the page to {}; give --html a path in a writable directory",
-                    path.display()
-                )
-            },
-        )?;
+        // Written beside and renamed into place: a link at the path (to the
+        // bundle, to state.json) is replaced, never written through.
+        ferry::state::write_atomic(
+            path,
+            ferry::report::html(&timeline, diagnosis.as_ref()).as_bytes(),
+        )
+        .with_context(|| {
+            format!(
+                "cannot write the page to {}; give --html a path in a writable directory",
+                path.display()
+            )
+        })?;
     }
     std::io::stdout()
         .write_all(ferry::report::text(&timeline, diagnosis.as_ref()).as_bytes())

@@ -39,8 +39,10 @@ pub struct Timeline {
     pub unreadable: Vec<String>,
 }
 
+/// A string field as one printable line: a name in state.json with a
+/// newline or an escape sequence cannot forge a line of the report.
 fn s(v: &Value, k: &str) -> String {
-    v.get(k).and_then(Value::as_str).unwrap_or("").to_string()
+    crate::printable::one_line(v.get(k).and_then(Value::as_str).unwrap_or(""))
 }
 
 impl Timeline {
@@ -49,13 +51,13 @@ impl Timeline {
         let mut t = Timeline {
             run_id: s(v, "run_id"),
             host: s(v, "host"),
-            result: v
-                .get("outcome")
-                .and_then(|o| o.get("result"))
-                .or_else(|| v.get("result"))
-                .and_then(Value::as_str)
-                .unwrap_or("unknown")
-                .to_string(),
+            result: crate::printable::one_line(
+                v.get("outcome")
+                    .and_then(|o| o.get("result"))
+                    .or_else(|| v.get("result"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown"),
+            ),
             kernel_before: s(v, "kernel_before"),
             kernel_after: s(v, "kernel_after"),
             ..Timeline::default()
@@ -77,7 +79,7 @@ impl Timeline {
             let name = s(p, "name");
             let Some(start_ns) = p.get("start_unix_nano").and_then(Value::as_u64) else {
                 t.unreadable.push(format!(
-                    "phase {:?}: start_unix_nano is {} (not a whole number of nanoseconds); left out of the timeline",
+                    "phase {:?}: start_unix_nano is {} (not nanoseconds since 1970); left out of the timeline",
                     name,
                     p.get("start_unix_nano").map_or("missing".into(), Value::to_string)
                 ));
@@ -88,7 +90,7 @@ impl Timeline {
                 && end_ns.is_none()
             {
                 t.unreadable.push(format!(
-                    "phase {name:?}: end_unix_nano is {e} (not a whole number of nanoseconds); shown as open"
+                    "phase {name:?}: end_unix_nano is {e} (not nanoseconds since 1970); shown as open"
                 ));
             }
             if end_ns.is_some_and(|e| e < start_ns) {
@@ -99,18 +101,62 @@ impl Timeline {
             }
             t.bars.push(Bar {
                 name,
-                result: p
-                    .get("result")
-                    .and_then(Value::as_str)
-                    .unwrap_or("unknown")
-                    .to_string(),
+                result: crate::printable::one_line(
+                    p.get("result").and_then(Value::as_str).unwrap_or("unknown"),
+                ),
                 boot,
                 start_ns,
                 end_ns,
-                error: p.get("error").and_then(Value::as_str).map(str::to_string),
+                error: p
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .map(crate::printable::printable),
             });
         }
+        t.check_clock();
         t
+    }
+
+    /// Times no run can have: in the future, or a boot that starts before
+    /// the one before it ended. Shown as they are, with a warning.
+    fn check_clock(&mut self) {
+        const DAY_NS: u64 = 86_400 * 1_000_000_000;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(u64::MAX, |d| {
+                u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+            });
+        for b in &self.bars {
+            if b.start_ns.max(b.end_ns.unwrap_or(0)) > now.saturating_add(DAY_NS) {
+                self.unreadable.push(format!(
+                    "phase {:?} has a time more than a day in the future; the clock or the file is wrong",
+                    b.name
+                ));
+            }
+        }
+        for i in 1..self.boots.len() {
+            let last_end = self
+                .bars
+                .iter()
+                .filter(|b| b.boot == i - 1)
+                .map(|b| b.end_ns.unwrap_or(b.start_ns))
+                .max();
+            let first_start = self
+                .bars
+                .iter()
+                .filter(|b| b.boot == i)
+                .map(|b| b.start_ns)
+                .min();
+            if let (Some(end), Some(start)) = (last_end, first_start)
+                && start < end
+            {
+                self.unreadable.push(format!(
+                    "boot {} starts before boot {} ended (the clock went back, or the file was edited); the boot gap is not shown",
+                    i + 1,
+                    i
+                ));
+            }
+        }
     }
 
     pub fn start_ns(&self) -> u64 {
@@ -422,9 +468,28 @@ mod tests {
         }));
         assert_eq!(t.bars.len(), 2);
         assert!(t.bars.iter().all(|b| b.end_ns.is_none()));
+        // Review: impossible times that parse were shown without a word.
+        let odd = Timeline::from_json(&serde_json::json!({
+            "run_id": "r1",
+            "phases": [
+                {"name": "dump", "result": "ok", "boot_id": "a", "start_unix_nano": 5_000_000_000u64, "end_unix_nano": u64::MAX},
+                {"name": "restore\nFAKE failed", "result": "ok", "boot_id": "b", "start_unix_nano": 1_000_000_000u64, "end_unix_nano": 2_000_000_000u64}
+            ]
+        }));
+        let txt = text(&odd, None);
+        assert!(
+            txt.contains("warning: phase \"dump\" has a time more than a day in the future"),
+            "{txt}"
+        );
+        assert!(
+            txt.contains("warning: boot 2 starts before boot 1 ended"),
+            "{txt}"
+        );
+        assert!(!txt.lines().any(|l| l.starts_with("FAKE")), "{txt}");
+        assert!(txt.contains("restore\\nFAKE failed"), "{txt}");
         let txt = text(&t, None);
         for want in [
-            "warning: phase \"locate\": start_unix_nano is -5",
+            "warning: phase \"locate\": start_unix_nano is -5 (not nanoseconds since 1970)",
             "warning: phase \"dump\": start_unix_nano is \"NaN\"",
             "warning: phase \"upgrade\": end_unix_nano is 1e+30",
             "warning: phase \"kernel\" ends before it starts",

@@ -158,6 +158,18 @@ fn diagnose_refuses_what_is_not_a_criu_log() {
         .run()
         .code(2)
         .stderr_has("is a report page (HTML), not a log");
+    // Review: a BOM and a browser's comment before the tag got past it.
+    std::fs::write(
+        &page,
+        "\u{feff}<!-- saved from url=(0014)about:internet -->\n<html><pre>(00.000001) Error (criu/cr-dump.c:1): x\n(00.2) Dumping finished successfully</pre></html>\n",
+    )
+    .unwrap();
+    Ferry::new()
+        .arg("diagnose")
+        .arg(&page)
+        .run()
+        .code(2)
+        .stderr_has("is a report page (HTML), not a log");
     // Inside a run directory an empty log is evidence: criu died at once.
     let run = tmp.path().join("run");
     std::fs::create_dir_all(run.join("logs")).unwrap();
@@ -202,6 +214,16 @@ fn diagnose_shows_control_characters_escaped() {
     let out = r.stdout();
     assert!(!out.contains('\x1b') && !out.contains('\r'), "{out:?}");
     assert!(out.contains("real error\\r\\x1b[Kfake line"), "{out}");
+    // Review: a newline in a log's file name forged a line of the report.
+    let forged = tmp.path().join("restore\nroot cause: FORGED.log");
+    std::fs::copy(&log, &forged).unwrap();
+    let r = Ferry::new().arg("diagnose").arg(&forged).run().code(1);
+    let out = r.stdout();
+    assert!(
+        !out.lines().any(|l| l.starts_with("root cause: FORGED")),
+        "{out}"
+    );
+    assert!(out.contains("restore\\nroot cause: FORGED.log"), "{out}");
 }
 
 /// `ferry … --json | head`: the reader is gone before ferry writes. It
@@ -280,6 +302,27 @@ fn diagnose_and_report_a_bundle() {
         .code(2)
         .stderr_has("would write over the report's own input");
     assert_eq!(std::fs::read(&b).unwrap(), before);
+    // Review: through a symlink or a hard link to the bundle it was still
+    // overwritten; the page now replaces the link, not what it points to.
+    let sym = tmp.path().join("sym.html");
+    std::os::unix::fs::symlink(&b, &sym).unwrap();
+    let hard = tmp.path().join("hard.html");
+    std::fs::hard_link(&b, &hard).unwrap();
+    for link in [&sym, &hard] {
+        Ferry::new()
+            .arg("report")
+            .arg(&b)
+            .arg("--html")
+            .arg(link)
+            .run()
+            .code(0);
+        assert!(std::fs::read_to_string(link).unwrap().contains("<svg"));
+    }
+    assert_eq!(
+        std::fs::read(&b).unwrap(),
+        before,
+        "the bundle is untouched"
+    );
     Ferry::new()
         .arg("report")
         .arg(&run)

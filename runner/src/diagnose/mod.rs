@@ -525,9 +525,10 @@ fn check_named_log(path: &Path) -> Result<(), DiagnoseError> {
     {
         return Ok(());
     }
-    let start = String::from_utf8_lossy(&head[..head.len().min(512)]).to_ascii_lowercase();
-    let start = start.trim_start();
-    if start.starts_with("<!doctype html") || start.starts_with("<html") {
+    // Anywhere near the start: a saved page may begin with a BOM or a
+    // browser's `<!-- saved from … -->` comment. No CRIU log has the tag.
+    let start = String::from_utf8_lossy(&head[..head.len().min(1024)]).to_ascii_lowercase();
+    if start.contains("<!doctype html") || start.contains("<html") {
         return Err(DiagnoseError::ReportPage { path: path.into() });
     }
     if !looks_like_criu(&head) {
@@ -652,7 +653,9 @@ pub fn diagnose_paths_shown(
     let mut findings: Vec<Finding> = Vec::new();
     let mut incomplete = false;
     for (path, src) in &inputs {
-        let name = show(path);
+        // A file name can hold a newline or an escape sequence: shown as
+        // one line, it cannot forge a line of the report.
+        let name = crate::printable::one_line(&show(path));
         match src {
             Source::Criu => {
                 // A file named on the command line that shows nothing of
