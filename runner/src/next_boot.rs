@@ -57,6 +57,12 @@ pub fn tmp_becomes_tmpfs(root: &Path) -> Option<String> {
     ))
 }
 
+/// Strictly below `/tmp`: what a tmpfs mounted on it hides (`/tmp` itself
+/// is the mount point, there after the reboot too).
+pub fn below_tmp(path: &Path) -> bool {
+    path != Path::new("/tmp") && path.starts_with("/tmp")
+}
+
 /// `Type=tmpfs` in the `[Mount]` section of a mount unit.
 fn unit_mounts_tmpfs(text: &str) -> bool {
     let mut in_mount = false;

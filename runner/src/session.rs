@@ -109,16 +109,22 @@ impl UsedFile {
     /// On a filesystem the reboot empties, and still reachable by its path
     /// (a deleted file is carried in the images by criu instead).
     pub fn is_volatile(&self) -> bool {
-        !self.deleted
-            && matches!(
-                self.file_type,
-                FileType::File | FileType::Fifo | FileType::Dir
-            )
+        self.can_be_put_back()
             && (self.hidden_at_next_boot
                 || self
                     .fs_type
                     .as_deref()
                     .is_some_and(|fs| VOLATILE_FS.contains(&fs)))
+    }
+
+    /// A path ferry can save and make again: a file, FIFO or directory the
+    /// session reaches by name (criu carries a deleted one itself).
+    pub fn can_be_put_back(&self) -> bool {
+        !self.deleted
+            && matches!(
+                self.file_type,
+                FileType::File | FileType::Fifo | FileType::Dir
+            )
     }
 
     pub fn is_exe_of(&self, pid: i32) -> bool {

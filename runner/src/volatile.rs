@@ -153,7 +153,7 @@ pub fn fs_after_reboot(
     tmp_hidden: bool,
     fs_now: &dyn Fn(&Path) -> Option<String>,
 ) -> Option<String> {
-    if tmp_hidden && path != Path::new("/tmp") && path.starts_with("/tmp") {
+    if tmp_hidden && crate::next_boot::below_tmp(path) {
         Some("tmpfs".to_string())
     } else {
         fs_now(path)

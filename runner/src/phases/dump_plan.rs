@@ -141,17 +141,12 @@ pub fn mark_hidden_tmp(
 ) -> Option<Note> {
     let why = why?;
     let mut marked = Vec::new();
+    let below_tmp = |p: &str| crate::next_boot::below_tmp(std::path::Path::new(p));
     for f in files.iter_mut() {
-        let in_tmp = f.path.starts_with("/tmp/");
-        if in_tmp && !f.is_volatile() {
+        // Deleted files (criu carries them) and sockets stay as they are.
+        if below_tmp(&f.path) && f.can_be_put_back() && !f.is_volatile() {
             f.hidden_at_next_boot = true;
-            // Deleted files and sockets stay as they were: criu carries
-            // the first, and is_volatile leaves out both.
-            if f.is_volatile() {
-                marked.push(f.path.clone());
-            } else {
-                f.hidden_at_next_boot = false;
-            }
+            marked.push(f.path.clone());
         }
     }
     // Sockets the session bound in a directory under /tmp: criu binds them
@@ -162,7 +157,7 @@ pub fn mark_hidden_tmp(
             .filter(|p| {
                 std::path::Path::new(p)
                     .parent()
-                    .is_some_and(|d| d != std::path::Path::new("/tmp") && d.starts_with("/tmp"))
+                    .is_some_and(crate::next_boot::below_tmp)
             })
             .map(|p| format!("socket {p}")),
     );
