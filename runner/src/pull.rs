@@ -146,25 +146,13 @@ fn date_time(t: &str) -> Option<SystemTime> {
     if dp.next().is_some() || y < 1970 || !(1..=12).contains(&mo) {
         return None;
     }
-    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-    let month_days = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if d < 1 || d > month_days[usize::try_from(mo - 1).ok()?] {
+    // A real date comes back from its day number unchanged (2026-02-30
+    // would come back as March 2nd).
+    let mut secs = ferry_uploaders::utc::days_from_civil(y, mo, d) * 86_400;
+    let (ry, rm, rd, ..) = ferry_uploaders::utc::civil_from_unix(secs);
+    if (ry, i64::from(rm), i64::from(rd)) != (y, mo, d) {
         return None;
     }
-    let mut secs = ferry_uploaders::utc::days_from_civil(y, mo, d) * 86_400;
     if let Some(tm) = time {
         let (clock, offset) = if let Some(c) = tm.strip_suffix(['Z', 'z']) {
             (c, 0)
