@@ -135,19 +135,7 @@ impl Timeline {
             }
         }
         for i in 1..self.boots.len() {
-            let last_end = self
-                .bars
-                .iter()
-                .filter(|b| b.boot == i - 1)
-                .map(|b| b.end_ns.unwrap_or(b.start_ns))
-                .max();
-            let first_start = self
-                .bars
-                .iter()
-                .filter(|b| b.boot == i)
-                .map(|b| b.start_ns)
-                .min();
-            if let (Some(end), Some(start)) = (last_end, first_start)
+            if let Some((end, start)) = self.boot_boundary(i)
                 && start < end
             {
                 self.unreadable.push(format!(
@@ -174,27 +162,28 @@ impl Timeline {
     /// From the end of the last phase on one boot to the start of the first
     /// on the next: the time no ferry phase ran (kexec, boot, network).
     pub fn boot_gaps(&self) -> Vec<(u64, u64)> {
-        let mut gaps = Vec::new();
-        for b in 1..self.boots.len() {
-            let prev_end = self
-                .bars
-                .iter()
-                .filter(|x| x.boot == b - 1)
-                .map(|x| x.end_ns.unwrap_or(x.start_ns))
-                .max();
-            let next_start = self
-                .bars
-                .iter()
-                .filter(|x| x.boot == b)
-                .map(|x| x.start_ns)
-                .min();
-            if let (Some(a), Some(z)) = (prev_end, next_start)
-                && z > a
-            {
-                gaps.push((a, z));
-            }
-        }
-        gaps
+        (1..self.boots.len())
+            .filter_map(|b| self.boot_boundary(b))
+            .filter(|(a, z)| z > a)
+            .collect()
+    }
+
+    /// The end of the last phase of boot `b - 1` and the start of the
+    /// first of boot `b`, when both boots have a phase.
+    fn boot_boundary(&self, b: usize) -> Option<(u64, u64)> {
+        let prev_end = self
+            .bars
+            .iter()
+            .filter(|x| x.boot + 1 == b)
+            .map(|x| x.end_ns.unwrap_or(x.start_ns))
+            .max()?;
+        let next_start = self
+            .bars
+            .iter()
+            .filter(|x| x.boot == b)
+            .map(|x| x.start_ns)
+            .min()?;
+        Some((prev_end, next_start))
     }
 }
 
