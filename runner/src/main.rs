@@ -297,10 +297,15 @@ fn main() -> ExitCode {
         // report: end as a program killed by SIGPIPE would.
         Err(e) if is_broken_pipe(&e) => ExitCode::from(141),
         Err(e) => {
-            eprintln!("ferry: error: {}", redacted(&error_text(&e)));
+            print_error(&e);
             ExitCode::from(2)
         }
     }
+}
+
+/// `ferry: error: …` on stderr, causes once, secrets out, escapes shown.
+fn print_error(e: &anyhow::Error) {
+    eprintln!("ferry: error: {}", redacted(&error_text(e)));
 }
 
 /// `text` with the secret values of this process's environment replaced,
@@ -471,7 +476,7 @@ fn diagnose_cmd(inputs: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
         if diagnose::is_bundle(input) {
             let b = diagnose::open_bundle(input, &limits)?;
             paths.push(b.dir.clone());
-            opened.push(b);
+            opened.push((b, input));
         } else {
             paths.push(input.clone());
         }
@@ -480,10 +485,7 @@ fn diagnose_cmd(inputs: &[PathBuf], json: bool) -> anyhow::Result<ExitCode> {
     // gone when this returns, and with several inputs it tells them apart.
     let single = inputs.len() == 1;
     let show = |p: &std::path::Path| {
-        for (b, input) in opened
-            .iter()
-            .zip(inputs.iter().filter(|i| diagnose::is_bundle(i)))
-        {
+        for (b, input) in &opened {
             if let Ok(rel) = p.strip_prefix(&b.dir) {
                 return if single {
                     rel.display().to_string()
@@ -597,11 +599,11 @@ fn report_cmd(input: &std::path::Path, html: Option<&std::path::Path>) -> anyhow
 fn refuse_html_over_input(html: &std::path::Path, input: &std::path::Path) -> anyhow::Result<()> {
     let real = |p: &std::path::Path| {
         let name = p.file_name()?;
-        let parent = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => std::path::Path::new("."),
-        };
-        Some(std::fs::canonicalize(parent).ok()?.join(name))
+        Some(
+            std::fs::canonicalize(ferry_uploaders::paths::dir_of(p))
+                .ok()?
+                .join(name),
+        )
     };
     let (Some(page), Ok(source)) = (real(html), std::fs::canonicalize(input)) else {
         return Ok(());
@@ -684,7 +686,7 @@ fn pull_cmd(config: Option<&std::path::Path>, args: PullArgs) -> anyhow::Result<
             Err(e @ pull::PullError::Create { .. }) => return Err(e.into()),
             Err(e) => {
                 failed += 1;
-                eprintln!("ferry: error: {}", redacted(&error_text(&e.into())));
+                print_error(&e.into());
                 continue;
             }
         };
@@ -817,20 +819,19 @@ fn ship_cmd(
         .filter(|e| e.removed && e.key.ends_with(ferry_uploaders::bundle::REPORT_SUFFIX))
         .count();
     let spans: usize = summary.spans.iter().map(|(_, x)| x.spans_sent).sum();
+    let of_them_pages = |n: usize| {
+        if n > 0 {
+            format!(" ({n} of them report pages)")
+        } else {
+            String::new()
+        }
+    };
     eprintln!(
         "ferry: spool {}: {shipped} shipped{}, {} waiting{}, {} quarantined, {} evicted{}",
         cfg.spool.dir.display(),
-        if pages > 0 {
-            format!(" ({pages} of them report pages)")
-        } else {
-            String::new()
-        },
+        of_them_pages(pages),
         r.depth,
-        if r.pages_waiting > 0 {
-            format!(" ({} of them report pages)", r.pages_waiting)
-        } else {
-            String::new()
-        },
+        of_them_pages(r.pages_waiting),
         r.quarantined.len(),
         r.evicted.len(),
         if spans > 0 {

@@ -432,11 +432,7 @@ pub fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError>
 /// Write `bytes` to `path` so that readers and power cuts see the old file or
 /// the new one, whole.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    // A bare file name has an empty parent: the current directory.
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = ferry_uploaders::paths::dir_of(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -9,11 +9,13 @@
 //!   backoff with full jitter, and a bar or plain progress lines.
 //! * [`spool`] keeps bundles on disk until every destination has them.
 //! * [`failpoint`] is where the crash tests stop ferry.
-//! * [`utc`] turns Unix times into UTC dates and back.
+//! * [`utc`] turns Unix times into UTC dates and back; [`paths`] holds
+//!   what writers of a file beside another share.
 
 pub mod backends;
 pub mod bundle;
 pub mod failpoint;
+pub mod paths;
 pub mod progress;
 pub mod retry;
 pub mod spool;

@@ -340,10 +340,7 @@ impl Backend for DirBackend {
             }
             Err(e) => return Err(self.io_err(format!("cannot open {}", src.display()), e)),
         };
-        let parent = match dest.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let parent = crate::paths::dir_of(dest).to_path_buf();
         let (tmp, _, _) = self.copy_to_tmp(&mut file, &src, dest, 0o644)?;
         if let Err(e) = fs::rename(&tmp, dest) {
             let _ = fs::remove_file(&tmp);

@@ -188,11 +188,7 @@ where
         let _ = fs::remove_file(&partial);
         return Err(BundleError::io("rename into place", dest, e));
     }
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    fsync_dir(parent)?;
+    fsync_dir(crate::paths::dir_of(dest))?;
     Ok(manifest)
 }
 

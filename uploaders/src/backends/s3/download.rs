@@ -7,7 +7,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use reqwest::{Method, StatusCode};
 use sha2::{Digest, Sha256};
@@ -226,11 +226,8 @@ fn finish(st: State, tmp: &Path, dest: &Path) -> Result<(), BackendError> {
             e,
         )
     })?;
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    File::open(&parent)
+    let parent = crate::paths::dir_of(dest);
+    File::open(parent)
         .and_then(|d| d.sync_all())
         .map_err(|e| BackendError::from_io(NAME, format!("cannot fsync {}", parent.display()), e))
 }
