@@ -771,6 +771,13 @@ fn store_with(tmp: &Path, name: &str, build: impl FnOnce(&Path)) -> PathBuf {
     store
 }
 
+/// A bundle of `run` at `p`, cut in half (a truncated gzip).
+fn truncated_bundle_of(run: &Path, p: &Path) {
+    bundle_of(run, p);
+    let bytes = std::fs::read(p).unwrap();
+    std::fs::write(p, &bytes[..bytes.len() / 2]).unwrap();
+}
+
 const DUMP: &[u8] = b"(00.000001) Error (criu/files-reg.c:945): Can't dump ghost file /tmp/x of 16777216 size, increase limit\n";
 
 fn pull_refuses(tmp: &Path, store: &Path, expect: &str) {
@@ -889,11 +896,7 @@ fn truncated_gzip_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let run = run_dir(tmp.path(), "criu/pid-in-use.log");
     let name = "h-20261203T120000Z-abc123-dump-failed.tar.gz";
-    let store = store_with(tmp.path(), name, |p| {
-        bundle_of(&run, p);
-        let bytes = std::fs::read(p).unwrap();
-        std::fs::write(p, &bytes[..bytes.len() / 2]).unwrap();
-    });
+    let store = store_with(tmp.path(), name, |p| truncated_bundle_of(&run, p));
     pull_refuses(tmp.path(), &store, "truncated or corrupt");
     Ferry::new()
         .arg("diagnose")
@@ -915,11 +918,7 @@ fn pull_never_writes_over_a_file_it_finds() {
     let tmp = tempfile::tempdir().unwrap();
     let run = run_dir(tmp.path(), "criu/pid-in-use.log");
     let bad = "h-20261204T120000Z-bad999-dump-failed.tar.gz";
-    let store = store_with(tmp.path(), bad, |p| {
-        bundle_of(&run, p);
-        let bytes = std::fs::read(p).unwrap();
-        std::fs::write(p, &bytes[..bytes.len() / 2]).unwrap();
-    });
+    let store = store_with(tmp.path(), bad, |p| truncated_bundle_of(&run, p));
     let stored = std::fs::read(store.join(bad)).unwrap();
     Ferry::new()
         .arg("pull")
@@ -941,11 +940,7 @@ fn pull_extract_goes_past_a_bad_bundle() {
     let tmp = tempfile::tempdir().unwrap();
     let run = run_dir(tmp.path(), "criu/pid-in-use.log");
     let bad = "h-20261204T120000Z-bad999-dump-failed.tar.gz";
-    let store = store_with(tmp.path(), bad, |p| {
-        bundle_of(&run, p);
-        let bytes = std::fs::read(p).unwrap();
-        std::fs::write(p, &bytes[..bytes.len() / 2]).unwrap();
-    });
+    let store = store_with(tmp.path(), bad, |p| truncated_bundle_of(&run, p));
     let good = "h-20261203T120000Z-abc123-restore-failed.tar.gz";
     bundle_of(&run, &store.join(good));
     let out = tmp.path().join("out");
